@@ -1,0 +1,146 @@
+"""The `weightgen` command line (typer + rich).
+
+Bad input raises a `WeightgenError`; `main()` prints its one sentence and exits with status 2.
+Under accelerate: `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m weightgen.cli zoo build CONFIG`.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+
+import click
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from weightgen.errors import WeightgenError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Generate neural-network weights from text.")
+zoo_app = typer.Typer(no_args_is_help=True, help="Build and read model zoos.")
+app.add_typer(zoo_app, name="zoo")
+console = Console()
+
+
+@zoo_app.command("build")
+def zoo_build(
+    config: Path = typer.Argument(..., help="Zoo config YAML, e.g. configs/zoo/digits-mlp.yaml."),
+    out: Path = typer.Option(None, "--out", help="Zoo folder (default runs/zoo/NAME)."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config key: --set epochs=5 --set tasks.subsets_per_k=3."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar or summary."),
+):
+    """Train a zoo of many small networks at once; re-running resumes an interrupted build."""
+    from weightgen.config import ZooConfig, load_config
+    from weightgen.zoo.build import build_zoo
+
+    cfg = load_config(ZooConfig, config, overrides)
+    out = out or Path("runs/zoo") / cfg.name
+    store = build_zoo(cfg, out, progress=not quiet)
+    from accelerate import PartialState
+
+    if not quiet and PartialState().is_main_process:
+        _print_info(store)
+
+
+@zoo_app.command("info")
+def zoo_info(zoo: Path = typer.Argument(..., help="Zoo folder.")):
+    """Tasks, archs, model counts and accuracy statistics of a zoo."""
+    from weightgen.zoo.store import ZooStore
+
+    _print_info(ZooStore(zoo))
+
+
+def _stats(values: list[float]) -> str:
+    if not values:
+        return "-"
+    sd = statistics.pstdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+
+
+def _print_info(store) -> None:
+    store.check_complete()
+    m, records = store.manifest, store.records
+    tasks = m["tasks"]
+    console.print(
+        f"[bold]zoo {escape(m['name'])}[/] at {escape(str(store.root))}: {len(records)} models, "
+        f"{len(tasks)} tasks ({len(m['held_out'])} held out), {len(m['archs'])} archs, init {m['config']['init']}"
+    )
+    table = Table("arch", "models", "tasks", "test acc (seen)", "test acc (held out)", "min", "max")
+    for slug, arch in m["archs"].items():
+        rs = [r for r in records if r["arch"] == slug]
+        accs = [r["test_acc"] for r in rs]
+        table.add_row(
+            arch["text"], str(len(rs)), str(len({r["task"] for r in rs})),
+            _stats([r["test_acc"] for r in rs if not r["held_out"]]),
+            _stats([r["test_acc"] for r in rs if r["held_out"]]),
+            f"{min(accs):.3f}", f"{max(accs):.3f}",
+        )
+    console.print(table)
+    kinds: dict[str, int] = {}
+    for tid in tasks:
+        kind = "digits-subset" if tid.startswith("digits-subset") else tid.rsplit("-", 1)[0] if tid[-1].isdigit() else tid
+        kinds[kind] = kinds.get(kind, 0) + 1
+    console.print("tasks: " + ", ".join(f"{k} ×{v}" for k, v in kinds.items()))
+    if m["held_out"]:
+        shown = ", ".join(m["held_out"][:8]) + (" …" if len(m["held_out"]) > 8 else "")
+        console.print(f"held out: {escape(shown)}")
+
+
+@zoo_app.command("export")
+def zoo_export(
+    zoo: Path = typer.Argument(..., help="Zoo folder."),
+    model_id: int = typer.Option(..., "--id", help="Model id (see records.jsonl)."),
+    out: Path = typer.Option(..., "--out", help="Checkpoint file (.safetensors) or folder (hub style)."),
+):
+    """Write one zoo model as a self-describing checkpoint."""
+    from weightgen.checkpoint import save_model
+    from weightgen.zoo.store import ZooStore
+
+    store = ZooStore(zoo)
+    rec = store.record(model_id)
+    metrics = {k: v for k, v in rec.items() if k.endswith(("_acc", "_loss"))}
+    path = save_model(store.state_dict(model_id), out, arch=store.archs[rec["arch"]], task=rec["task"],
+                      generator="zoo", zoo=store.manifest["name"], zoo_id=model_id, seed=rec["seed"],
+                      init=rec["init"], metrics=metrics)
+    console.print(f"wrote {escape(str(path))}: {store.archs[rec['arch']].describe()} for {rec['task']}, "
+                  f"test acc {rec['test_acc']:.4f}")
+
+
+@app.command("inspect")
+def inspect(path: Path = typer.Argument(..., help="Checkpoint file or hub-style folder.")):
+    """Print a checkpoint's arch, task, prompt and metadata."""
+    from weightgen.checkpoint import load_state_dict
+    from weightgen.specs import ArchSpec
+
+    sd, meta = load_state_dict(path)
+    arch = ArchSpec.from_dict(meta["arch"])
+    table = Table(show_header=False)
+    table.add_row("arch", arch.describe())
+    table.add_row("parameters", f"{arch.layout().numel:,} in {len(sd)} tensors")
+    task = meta.get("task") or {}
+    table.add_row("task", f"{task.get('id', '-')}: {task.get('description', '')}")
+    table.add_row("prompt", meta.get("prompt") or "-")
+    for k, v in meta.items():
+        if k not in ("arch", "task", "prompt"):
+            table.add_row(k, escape(str(v)))
+    console.print(table)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except WeightgenError as e:
+        Console(stderr=True).print(f"[red]error:[/] {escape(str(e))}")
+        sys.exit(2)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        Console(stderr=True).print("aborted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Model zoos: batched training of many small networks, and their on-disk store."""

@@ -1,0 +1,113 @@
+"""Batched zoo training: K networks of one ArchSpec trained at once as stacked tensors.
+
+Every layer of all K networks is one `baddbmm` (or one grouped convolution), so the Python and
+kernel-launch overhead of a step is paid once for K models instead of K times. Each network has its
+own task (any task whose input and output sizes fit the arch), its own data order and its own init.
+Losses are per-model means summed over models, so each network receives exactly its own gradient,
+and Adam/SGD are element-wise, so one optimizer over the stacked tensors equals K separate ones.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from weightgen.errors import ConfigError
+from weightgen.evaluate import evaluate_params
+from weightgen.specs import ArchSpec
+from weightgen.tasks import SPLITS, TaskSpec
+
+OPTIMIZERS = {"adam", "sgd"}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How each network is trained; the same recipe trains the per-model baseline in benchmarks."""
+
+    optimizer: str = "adam"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    epochs: int = 30
+    batch_size: int = 64
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer '{self.optimizer}'; known: {', '.join(sorted(OPTIMIZERS))}")
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError("epochs must be >= 0, batch_size >= 1 and lr > 0")
+
+    def make_optimizer(self, params) -> torch.optim.Optimizer:
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+
+
+def epoch_order(sizes: torch.Tensor, length: int, generator: torch.Generator) -> torch.Tensor:
+    """One epoch of example indices per model: a fresh permutation of each model's own n_k examples,
+    cycled to `length` (the largest n in the batch) so every model takes the same number of steps."""
+    keys = torch.rand(len(sizes), length, generator=generator)
+    keys[torch.arange(length) >= sizes[:, None]] = 2.0  # padding sorts last
+    perm = keys.argsort(dim=1)  # (K, length); the first n_k columns permute 0..n_k-1
+    cols = torch.arange(length) % sizes[:, None]
+    return perm.gather(1, cols)
+
+
+def train_batched(
+    arch: ArchSpec,
+    tasks: list[TaskSpec],
+    init: dict[str, torch.Tensor],
+    recipe: Recipe,
+    generator: torch.Generator,
+    on_step: Callable[[int, int], None] | None = None,
+) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
+    """Train len(tasks) networks from `init` (K, *shape); returns (params, per-model metrics)."""
+    k = len(tasks)
+    uniq = list(dict.fromkeys(tasks))
+    for t in uniq:
+        if t.in_dim != arch.in_dim or t.out_dim != arch.out_dim:
+            raise ConfigError(f"task {t.id} ({t.in_dim} in, {t.out_dim} out) does not fit {arch.describe()}")
+    # all tasks' training sets in one tensor; model i reads rows offset[i] + its own indices
+    xs, ys = zip(*(t.split("train") for t in uniq))
+    x_all, y_all = torch.cat(xs), torch.cat(ys)
+    starts = torch.tensor([0, *torch.tensor([len(x) for x in xs]).cumsum(0)[:-1].tolist()])
+    which = torch.tensor([uniq.index(t) for t in tasks])
+    offset, sizes = starts[which], torch.tensor([len(xs[i]) for i in which.tolist()])
+    length = int(sizes.max())
+    steps_per_epoch = math.ceil(length / recipe.batch_size)
+    loss_kind = uniq[0].loss
+
+    params = {n: p.detach().clone().float().requires_grad_(True) for n, p in init.items()}
+    opt = recipe.make_optimizer(list(params.values()))
+    total = recipe.epochs * steps_per_epoch
+    for epoch in range(recipe.epochs):
+        order = epoch_order(sizes, length, generator) + offset[:, None]  # (K, length) global rows
+        for s in range(steps_per_epoch):
+            rows = order[:, s * recipe.batch_size : (s + 1) * recipe.batch_size]  # (K, b)
+            flat_rows = rows.reshape(-1)  # index_select is ~3x faster than advanced indexing here
+            xb = x_all.index_select(0, flat_rows).view(k, rows.shape[1], -1)  # (K, b, in)
+            yb = y_all.index_select(0, flat_rows).view(k, rows.shape[1], *y_all.shape[1:])  # (K, b[, 1])
+            logits = arch.forward_batched(params, xb)  # (K, b, out)
+            if loss_kind == "mse":
+                per_model = (logits - yb).pow(2).mean(dim=(1, 2))
+            else:
+                ce = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none")
+                per_model = ce.view(k, -1).mean(1)
+            opt.zero_grad(set_to_none=True)
+            per_model.sum().backward()
+            opt.step()
+            if on_step is not None:
+                on_step(epoch * steps_per_epoch + s + 1, total)
+
+    final = {n: p.detach() for n, p in params.items()}
+    records = [{} for _ in range(k)]
+    for split in SPLITS:
+        m = evaluate_params(arch, final, tasks, split)
+        for i in range(k):
+            records[i][f"{split}_acc"] = m["acc"][i].item()
+            records[i][f"{split}_loss"] = m["loss"][i].item()
+    return final, records
