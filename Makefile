@@ -9,8 +9,8 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0 2>&1 | grep -v "is ignored" || true
-	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]' 2>&1 | grep -v "is ignored" || true
+	$(BIN)/pip install -q --disable-pip-version-check --no-warn-script-location -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q --disable-pip-version-check --no-warn-script-location -c constraints.txt -e '.[dev]'
 	$(BIN)/python -c "import torch, weightgen; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 
