@@ -130,7 +130,11 @@ def _weights_file(path: Path) -> Path:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     with open(path, "rb") as f:
-        head = f.read(4)
-    if head.startswith(_PICKLE_MAGIC):
+        head = f.read(9)
+    # safetensors starts with a little-endian u64 header length, then the JSON header's "{"; check
+    # that first, since the length's low byte may itself be 0x80, the pickle magic
+    header_len = int.from_bytes(head[:8], "little")
+    looks_safetensors = head[8:9] == b"{" and 8 + header_len <= path.stat().st_size
+    if not looks_safetensors and head.startswith(_PICKLE_MAGIC):
         raise CheckpointError(f"{path} is a pickle/torch.save file; weightgen never unpickles files, use safetensors")
     return path

@@ -32,7 +32,7 @@ class TaskSelection:
 
     ids: tuple[str, ...] = ()  # explicit task ids, e.g. digits-rotate-30, iris
     subset_k: tuple[int, ...] = ()  # draw digits subset tasks with these numbers of classes
-    subsets_per_k: int = 0  # how many to draw for each k (0 = every subset of that size)
+    subsets_per_k: int = 0  # at most this many for each k (0, or more than exist = every subset)
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from weightgen.errors import ConfigError
-from weightgen.evaluate import evaluate_params
+from weightgen.evaluate import cross_entropy, evaluate_params
 from weightgen.specs import ArchSpec
 from weightgen.tasks import SPLITS, TaskSpec
 
@@ -44,17 +43,20 @@ class Recipe:
     def make_optimizer(self, params) -> torch.optim.Optimizer:
         if self.optimizer == "sgd":
             return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
-        return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        # fused: one kernel per tensor instead of ~10 elementwise passes (~3x faster step on CPU)
+        return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay, fused=True)
 
 
 def epoch_order(sizes: torch.Tensor, length: int, generator: torch.Generator) -> torch.Tensor:
     """One epoch of example indices per model: a fresh permutation of each model's own n_k examples,
-    cycled to `length` (the largest n in the batch) so every model takes the same number of steps."""
-    keys = torch.rand(len(sizes), length, generator=generator)
-    keys[torch.arange(length) >= sizes[:, None]] = 2.0  # padding sorts last
-    perm = keys.argsort(dim=1)  # (K, length); the first n_k columns permute 0..n_k-1
-    cols = torch.arange(length) % sizes[:, None]
-    return perm.gather(1, cols)
+    cycled to `length` (the largest n in the batch) so every model takes the same number of steps.
+    (A randperm per model is ~4x faster than argsort of one (K, n) random matrix.)"""
+    out = torch.empty(len(sizes), length, dtype=torch.long)
+    cols = torch.arange(length)
+    for i, n in enumerate(sizes.tolist()):
+        perm = torch.randperm(n, generator=generator)
+        out[i] = perm if n == length else perm[cols % n]
+    return out
 
 
 def train_batched(
@@ -95,8 +97,7 @@ def train_batched(
             if loss_kind == "mse":
                 per_model = (logits - yb).pow(2).mean(dim=(1, 2))
             else:
-                ce = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none")
-                per_model = ce.view(k, -1).mean(1)
+                per_model = cross_entropy(logits, yb).mean(1)
             opt.zero_grad(set_to_none=True)
             per_model.sum().backward()
             opt.step()
