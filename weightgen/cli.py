@@ -21,7 +21,8 @@ from weightgen.errors import WeightgenError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Generate neural-network weights from text.")
 zoo_app = typer.Typer(no_args_is_help=True, help="Build and read model zoos.")
 app.add_typer(zoo_app, name="zoo")
-console = Console()
+# piped output (logs, CI) gets room for the tables instead of rich's 80-column default
+console = Console(width=None if sys.stdout.isatty() else 120)
 
 
 @zoo_app.command("build")
@@ -56,7 +57,7 @@ def _stats(values: list[float]) -> str:
     if not values:
         return "-"
     sd = statistics.pstdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+    return f"{statistics.mean(values):.3f}±{sd:.3f}"
 
 
 def _print_info(store) -> None:
@@ -67,7 +68,8 @@ def _print_info(store) -> None:
         f"[bold]zoo {escape(m['name'])}[/] at {escape(str(store.root))}: {len(records)} models, "
         f"{len(tasks)} tasks ({len(m['held_out'])} held out), {len(m['archs'])} archs, init {m['config']['init']}"
     )
-    table = Table("arch", "models", "tasks", "test acc (seen)", "test acc (held out)", "min", "max")
+    table = Table("arch", "models", "tasks", "test acc seen", "test acc held out", "min", "max")
+    table.columns[0].no_wrap = True
     for slug, arch in m["archs"].items():
         rs = [r for r in records if r["arch"] == slug]
         accs = [r["test_acc"] for r in rs]
@@ -108,6 +110,32 @@ def zoo_export(
                   f"test acc {rec['test_acc']:.4f}")
 
 
+@app.command("parse")
+def parse(
+    prompt: str = typer.Argument(..., help='A task in plain English, e.g. "tell 4s apart from 9s with an MLP 64-16-2".'),
+    arch: str = typer.Option(None, "--arch", help="Architecture text, e.g. 'MLP 64-32-2, ReLU' (overrides the prompt's)."),
+):
+    """Show how weightgen reads a prompt: the task, its data, and the architecture."""
+    from weightgen.specs import ArchSpec, find_arch
+    from weightgen.tasks import TaskSpec
+
+    task = TaskSpec.from_prompt(prompt)
+    spec = ArchSpec.parse(arch) if arch else find_arch(prompt)[0]
+    source = "--arch" if arch else "prompt"
+    if spec is None:
+        spec, source = task.default_arch(), "task default"
+    if (spec.in_dim, spec.out_dim) != (task.in_dim, task.out_dim):
+        raise WeightgenError(f"{spec.describe()} does not fit task {task.id}, "
+                             f"which has {task.in_dim} inputs and {task.out_dim} outputs")
+    table = Table(show_header=False)
+    table.add_row("task", task.id)
+    table.add_row("descriptions", "\n".join(task.descriptions))
+    sizes = ", ".join(f"{s} {len(task.split(s)[0])}" for s in ("train", "val", "test"))
+    table.add_row("data", f"{task.in_dim} inputs, {task.out_dim} outputs; {sizes}")
+    table.add_row("arch", f"{spec.describe()} ({source}), {spec.layout().numel:,} parameters")
+    console.print(table)
+
+
 @app.command("inspect")
 def inspect(path: Path = typer.Argument(..., help="Checkpoint file or hub-style folder.")):
     """Print a checkpoint's arch, task, prompt and metadata."""
@@ -132,7 +160,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except WeightgenError as e:
-        Console(stderr=True).print(f"[red]error:[/] {escape(str(e))}")
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {escape(str(e))}")  # one line
         sys.exit(2)
     except click.ClickException as e:
         e.show()
