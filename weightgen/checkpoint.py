@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from weightgen import atomic
-from weightgen.errors import ArchError, CheckpointError
+from weightgen.errors import ArchError, CheckpointError, WeightgenError
 from weightgen.specs import ArchSpec
 from weightgen.tasks import TaskSpec, get_task
 
@@ -61,7 +61,8 @@ def save_model(module_or_state_dict, path: str | Path, arch=None, task=None, pro
         "prompt": prompt,
         **meta,
     }
-    metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in header.items()}
+    # every value but the format tag is JSON, so types round-trip ("42" stays a str, 42 an int)
+    metadata = {k: v if k == "weightgen_format" else json.dumps(v) for k, v in header.items()}
     path = Path(path)
     if path.suffix == ".safetensors":
         atomic.write_safetensors(path, sd, metadata)
@@ -82,13 +83,26 @@ def read_metadata(path: str | Path) -> dict:
         raise CheckpointError(f"{file} is not a valid safetensors file (it is truncated or corrupt)") from e
     if raw.get("weightgen_format") != FORMAT:
         raise CheckpointError(f"{file} is a safetensors file but not a weightgen checkpoint (no weightgen metadata)")
-    meta = {}
+    meta = {"weightgen_format": FORMAT}
     for k, v in raw.items():
-        try:
-            meta[k] = json.loads(v) if k not in ("weightgen_format", "prompt") else v
-        except json.JSONDecodeError:
-            meta[k] = v
+        if k != "weightgen_format":
+            try:
+                meta[k] = json.loads(v)
+            except json.JSONDecodeError as e:
+                raise CheckpointError(f"{file} has corrupt weightgen metadata (key '{k}' is not JSON)") from e
+    _check_header(file, meta)
     return meta
+
+
+def _check_header(file: Path, meta: dict) -> None:
+    """Validate the arch and task records, so a malformed header is one clear error."""
+    try:
+        ArchSpec.from_dict(meta["arch"])
+        task = meta.get("task")
+        if task is not None:
+            get_task(task["id"])
+    except (KeyError, TypeError, ValueError, WeightgenError) as e:
+        raise CheckpointError(f"{file} has malformed weightgen metadata (arch or task record: {e})") from e
 
 
 def load_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:

@@ -102,8 +102,14 @@ def _coerce(tp, value, where: str):
     if origin is tuple:
         items = value if isinstance(value, (list, tuple)) else [value]
         return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(items))
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if tp is float:
+        # YAML 1.1 reads "1e-3" (no dot) as a string, so numeric strings are accepted for floats
+        try:
+            if not isinstance(value, bool) and isinstance(value, (int, float, str)):
+                return float(value)
+        except ValueError:
+            pass
+        raise ConfigError(f"{where} must be a number, got {value!r}")
     if tp in (int, str, bool) and not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         raise ConfigError(f"{where} must be {tp.__name__}, got {value!r}")
     return value

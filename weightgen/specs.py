@@ -163,7 +163,7 @@ class ArchSpec:
     def from_dict(cls, d: dict) -> ArchSpec:
         try:
             return cls(d["family"], tuple(d["sizes"]), d.get("activation", "relu"))
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             raise ArchError(f"malformed architecture record {d!r}") from e
 
     @property

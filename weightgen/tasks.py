@@ -5,7 +5,8 @@ Every task comes from a dataset that ships with scikit-learn (nothing is downloa
   sorted order of the classes (1,013 such tasks).
 - `digits-rotate-30`, `digits-noise-0.3`, `digits-invert`, `digits-blur-1`: all ten digits, shifted.
 - `iris`, `wine`, `breast-cancer`: the bundled tabular sets, features standardised on train.
-- `digits-image-17`: fit digits image 17 as a coordinate network (x, y) -> intensity, for `inr` archs.
+- `digits-image-17`: fit the 17th training image as a coordinate network (x, y) -> intensity, for
+  `inr` archs (only training images, so no test image of a classification task is ever fitted).
 
 Splits are deterministic and stratified: the digits are split once, 60/20/20 by class with a fixed
 seed, and every digits task takes its rows from that one split, so a test image of one task is never
@@ -110,16 +111,24 @@ def get_task(task_id: str) -> TaskSpec:
         return subset_task(int(c) for c in m.group(1)[1:].split("-"))
     m = re.fullmatch(r"digits-(rotate|noise|blur)-(-?\d+(?:\.\d+)?)", tid)
     if m:
-        return TaskSpec("digits-shift", shift=m.group(1), level=float(m.group(2)))
+        return shift_task(m.group(1), float(m.group(2)))
     if tid == "digits-invert":
-        return TaskSpec("digits-shift", shift="invert")
+        return shift_task("invert")
     m = re.fullmatch(r"digits-image-(\d+)", tid)
-    if m and int(m.group(1)) < len(_digits()[0]):
+    if m and int(m.group(1)) < len(_digits()[2]["train"]):
         return TaskSpec("digits-image", image=int(m.group(1)))
     raise TaskError(
         f"unknown task id '{task_id}'; ids look like 'digits-subset-3-5-8', 'digits-rotate-30', "
         "'digits-noise-0.3', 'digits-invert', 'digits-blur-1', 'digits-image-17', 'iris', 'wine' or 'breast-cancer'"
     )
+
+
+def shift_task(shift: str, level: float = 0.0) -> TaskSpec:
+    if shift not in SHIFTS:
+        raise TaskError(f"unknown shift '{shift}'; known: {', '.join(sorted(SHIFTS))}")
+    if shift in ("noise", "blur") and level <= 0:
+        raise TaskError(f"a {shift} level must be positive, got {_num(level)}")
+    return TaskSpec("digits-shift", shift=shift, level=0.0 if shift == "invert" else float(level))
 
 
 def subset_task(classes) -> TaskSpec:
@@ -192,7 +201,7 @@ def _task_data(task: TaskSpec) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         # a coordinate network fits one image: every split is the whole 8x8 grid
         grid = np.linspace(-1.0, 1.0, 8, dtype=np.float32)
         coords = np.stack(np.meshgrid(grid, grid, indexing="ij"), -1).reshape(64, 2)
-        target = x[task.image].reshape(64, 1)
+        target = x[split["train"][task.image]].reshape(64, 1)  # image i = i-th training image
         pair = (torch.from_numpy(coords), torch.from_numpy(target.copy()))
         return {s: pair for s in SPLITS}
     if task.kind == "digits-shift":
@@ -279,6 +288,7 @@ def parse_prompt(text: str) -> TaskSpec:
         raise TaskError("the prompt is empty; describe a task such as 'digits 3, 5 and 8' or 'iris'")
     _, rest = find_arch(text)  # "... with an MLP 64-32-3": the sizes are not digit classes
     s = " " + rest.lower().replace("°", " degrees ").replace("’", "'") + " "
+    s = re.sub(r"\b8\s*[x×]\s*8\b", " ", s)  # "8x8 images" is the image size, not two 8s
     if re.search(r"\biris", s):
         return get_task("iris")
     if re.search(r"\bwines?\b|cultivar", s):
@@ -290,13 +300,15 @@ def parse_prompt(text: str) -> TaskSpec:
         return get_task(f"digits-image-{m.group(1)}")
 
     shift, level = None, None
-    m = re.search(r"\brotat\w*(?:\s+(?:by|of))?\s+(-?\d+(?:\.\d+)?)|(-?\d+(?:\.\d+)?)\s*degrees?\s+rotat", s)
+    m = re.search(r"\b(?:rotat|turn)\w*(?:\s+(?:by|of|through))?\s+(-?\d+(?:\.\d+)?)"
+                  r"|(-?\d+(?:\.\d+)?)\s*degrees?\s+(?:rotat|turn)", s)
     if m:
         shift, level, s = "rotate", float(m.group(1) or m.group(2)), s[: m.start()] + " " + s[m.end():]
     elif re.search(r"\brotat", s):
         raise TaskError(f"'{text.strip()}' asks for rotated digits but gives no angle (say e.g. 'rotated by 30 degrees')")
     for name, pattern in (("noise", r"nois\w*"), ("blur", r"blur\w*")):
-        m = re.search(rf"\b{pattern}(?:[^0-9.]{{0,20}}?(\d+(?:\.\d+)?))?", s)
+        # the strength may follow within a few words: "blur 1", "noise of strength 0.3", "blurred ... (blur 0.5)"
+        m = re.search(rf"\b{pattern}(?:[^0-9]{{0,40}}?(\d+(?:\.\d+)?))?", s)
         if m and shift is None:
             shift, level = name, float(m.group(1)) if m.group(1) else DEFAULT_LEVEL[name]
             s = s[: m.start()] + " " + s[m.end():]
@@ -307,7 +319,7 @@ def parse_prompt(text: str) -> TaskSpec:
     if shift is not None:
         if classes and len(classes) < 10:
             raise TaskError(f"'{text.strip()}' mixes a shift ({shift}) with a class subset; shift tasks use all ten digits")
-        return TaskSpec("digits-shift", shift=shift, level=level if shift != "invert" else 0.0)
+        return shift_task(shift, level)
     if len(classes) >= 2:
         return subset_task(classes)
     if len(classes) == 1:
@@ -327,9 +339,12 @@ def _classes(s: str) -> list[int]:
     if re.search(r"\ball\s+(?:ten\s+|10\s+)?digits|\bevery digit|\b0\s*(?:-|to|through)\s*9\b", s):
         return list(range(10))
     found = []
-    for a, b in re.findall(r"\b(\d)\s*(?:to|through|-)\s*(\d)\b", s):
-        found += range(int(a), int(b) + 1)
-    s = re.sub(r"\b\d\s*(?:to|through|-)\s*\d\b", " ", s)
+    digit = r"(\d|" + "|".join(WORDS) + r")"
+    ranged = rf"\b{digit}\s*(?:to|through|-)\s*{digit}\b"
+    for a, b in re.findall(ranged, s):
+        lo, hi = (int(v) if v.isdigit() else WORDS.index(v) for v in (a, b))
+        found += range(lo, hi + 1)
+    s = re.sub(ranged, " ", s)
     for tok in re.findall(r"[a-z]+|\d+(?:\.\d+)?(?:'?s)?", s):
         num = tok.rstrip("s").rstrip("'")
         if num.isdigit():

@@ -15,7 +15,14 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from weightgen import atomic
 from weightgen.config import ArchTemplate, ZooConfig, to_dict
@@ -127,8 +134,9 @@ def build_zoo(cfg: ZooConfig, out: str | Path, progress: bool = True) -> ZooStor
     if (store.root / "zoo.json").is_file() and store.manifest.get("config") != manifest["config"]:
         raise ZooError(f"{store.root} holds a zoo built from another config; choose a new --out or delete it")
     if state.is_main_process:
-        store.write_manifest(manifest)
+        atomic.remove_leftovers(store.root)
         atomic.remove_leftovers(store.shard_dir)
+        store.write_manifest(manifest)
     state.wait_for_everyone()
 
     recipe = Recipe(cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.epochs, cfg.batch_size)

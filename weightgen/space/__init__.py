@@ -1,0 +1,1 @@
+"""Weight space: the bridge between state_dicts and tensors a model can learn."""
