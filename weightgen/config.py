@@ -51,6 +51,7 @@ class ZooConfig:
     weight_decay: float = 0.0
     epochs: int = 30
     batch_size: int = 64
+    precision: str = "fp32"  # fp32 | bf16: matmuls under bf16 autocast (~1.5x faster on CPUs with AVX512-BF16)
     models_per_shard: int = 512  # models trained together and stored in one shard file
     seed: int = 0  # drives task sampling, hold-out, inits and data order
 

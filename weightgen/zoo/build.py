@@ -70,12 +70,16 @@ def select_tasks(cfg: ZooConfig) -> tuple[list[TaskSpec], list[str]]:
     return tasks, [t for t in ids if t in set(held)]
 
 
+def recipe_of(cfg: ZooConfig) -> Recipe:
+    return Recipe(cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.epochs, cfg.batch_size, cfg.precision)
+
+
 def make_manifest(cfg: ZooConfig) -> dict:
     if cfg.init not in INIT_MODES:
         raise ConfigError(f"unknown init mode '{cfg.init}'; known: {', '.join(sorted(INIT_MODES))}")
     if cfg.init == "base" and not cfg.base_checkpoint:
         raise ConfigError("init=base needs base_checkpoint: the checkpoint every model is fine-tuned from")
-    Recipe(cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.epochs, cfg.batch_size)  # validates
+    recipe_of(cfg)  # validates the training recipe before any work starts
     tasks, held = select_tasks(cfg)
     groups: dict[ArchSpec, list[tuple[str, int]]] = {}
     templates: dict[str, int] = {}
@@ -139,7 +143,7 @@ def build_zoo(cfg: ZooConfig, out: str | Path, progress: bool = True) -> ZooStor
         store.write_manifest(manifest)
     state.wait_for_everyone()
 
-    recipe = Recipe(cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.epochs, cfg.batch_size)
+    recipe = recipe_of(cfg)
     held = set(manifest["held_out"])
     mine = manifest["shards"][state.process_index :: state.num_processes]
     done = {s["file"]: store.shard_records(s["file"]) for s in manifest["shards"]}
