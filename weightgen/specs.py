@@ -202,11 +202,17 @@ class ArchSpec:
             out[name] = (torch.rand(k, *shape, generator=generator) * 2 - 1) * bound
         return out
 
-    def forward_batched(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def forward_batched(self, params: dict[str, torch.Tensor], x: torch.Tensor, transposed: bool = False) -> torch.Tensor:
         """K networks at once: params (K, *shape), x (K, B, in_dim) -> logits (K, B, out_dim).
 
         The same arithmetic as `build()(x)` for each network, done with one baddbmm or one grouped
-        convolution per layer instead of a Python loop over networks."""
+        convolution per layer instead of a Python loop over networks. With `transposed`, linear
+        weights are given as (K, in, out): the trainer keeps them so, because then the weight
+        gradient leaves bmm contiguous instead of needing a slow strided transpose copy."""
+
+        def linear(h, w, bias):
+            return torch.baddbmm(bias.unsqueeze(1), h, w if transposed else w.transpose(1, 2))
+
         act = ACTIVATIONS[self.activation][0]
         if self.family == "cnn":
             k, b, _ = x.shape
@@ -216,13 +222,11 @@ class ArchSpec:
                 h = F.conv2d(h, w.flatten(0, 1), bias.flatten(), stride=2, padding=1, groups=k)
                 h = act(h)  # (B, K*Co, s, s)
             h = h.reshape(b, k, -1).transpose(0, 1)  # (K, B, Co*s*s)
-            w, bias = params["head.weight"], params["head.bias"]
-            return torch.baddbmm(bias.unsqueeze(1), h, w.transpose(1, 2))
+            return linear(h, params["head.weight"], params["head.bias"])
         n_layers = len(self.sizes) - 1
         h = x
         for i in range(n_layers):
-            w, bias = params[f"layers.{i}.weight"], params[f"layers.{i}.bias"]  # (K, out, in), (K, out)
-            h = torch.baddbmm(bias.unsqueeze(1), h, w.transpose(1, 2))  # (K, B, out)
+            h = linear(h, params[f"layers.{i}.weight"], params[f"layers.{i}.bias"])  # (K, B, out)
             if i < n_layers - 1:
                 h = act(h)
         return h

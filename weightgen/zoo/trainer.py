@@ -91,7 +91,12 @@ def train_batched(
     steps_per_epoch = math.ceil(length / recipe.batch_size)
     loss_kind = uniq[0].loss
 
-    params = {n: p.detach().clone().float().requires_grad_(True) for n, p in init.items()}
+    # linear weights train as (K, in, out); see ArchSpec.forward_batched(transposed=True)
+    linear = {n for n, p in init.items() if n.endswith("weight") and p.dim() == 3}
+    params = {
+        n: (p.transpose(1, 2) if n in linear else p).float().contiguous().clone().requires_grad_(True)
+        for n, p in init.items()
+    }
     opt = recipe.make_optimizer(list(params.values()))
     total = recipe.epochs * steps_per_epoch
     for epoch in range(recipe.epochs):
@@ -102,7 +107,7 @@ def train_batched(
             xb = x_all.index_select(0, flat_rows).view(k, rows.shape[1], -1)  # (K, b, in)
             yb = y_all.index_select(0, flat_rows).view(k, rows.shape[1], *y_all.shape[1:])  # (K, b[, 1])
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.precision == "bf16"):
-                logits = arch.forward_batched(params, xb).float()  # (K, b, out)
+                logits = arch.forward_batched(params, xb, transposed=True).float()  # (K, b, out)
             if loss_kind == "mse":
                 per_model = (logits - yb).pow(2).mean(dim=(1, 2))
             else:
@@ -113,7 +118,7 @@ def train_batched(
             if on_step is not None:
                 on_step(epoch * steps_per_epoch + s + 1, total)
 
-    final = {n: p.detach() for n, p in params.items()}
+    final = {n: (p.detach().transpose(1, 2) if n in linear else p.detach()).contiguous() for n, p in params.items()}
     records = [{} for _ in range(k)]
     for split in SPLITS:
         m = evaluate_params(arch, final, tasks, split)
