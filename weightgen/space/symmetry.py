@@ -72,31 +72,68 @@ def random_permutation(arch: ArchSpec, flat: torch.Tensor, generator: torch.Gene
     return permute(arch, flat, perms)
 
 
-def match(arch: ArchSpec, flat: torch.Tensor, reference: torch.Tensor, max_iter: int = 100) -> list[torch.Tensor]:
-    """Weight matching: the permutations that align `flat` (P,) to `reference` (P,)."""
+def _split_batch(arch: ArchSpec, flat: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """flat (N, P) -> [(W (N, out, in_units, r), b (N, out))] per layer."""
+    per_model = [_split(arch, f) for f in flat]
+    return [(torch.stack([m[i][0] for m in per_model]), torch.stack([m[i][1] for m in per_model]))
+            for i in range(len(per_model[0]))]
+
+
+def _gather_rows(t: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """t (N, h, ...) with rows reordered per model by perm (N, h)."""
+    return torch.gather(t, 1, perm.view(*perm.shape, *([1] * (t.dim() - 2))).expand_as(t))
+
+
+def _assign(score: torch.Tensor) -> torch.Tensor:
+    """score (N, h, h) -> perm (N, h): one linear_sum_assignment per model."""
+    return torch.stack([torch.from_numpy(linear_sum_assignment(s, maximize=True)[1]) for s in score.numpy()])
+
+
+def match_batch(arch: ArchSpec, flat: torch.Tensor, reference: torch.Tensor, max_iter: int = 100) -> list[torch.Tensor]:
+    """Weight matching of N models (N, P) to one reference (P,): per hidden layer, perms (N, h).
+
+    Starts from a forward sweep (each layer matched on its incoming weights and bias, given the
+    previous layer's permutation), which avoids most poor local optima of coordinate descent from
+    the identity; then coordinate descent on the full objective until no permutation changes."""
     ref = _split(arch, reference.double())
-    mdl = _split(arch, flat.double())
-    sizes = [w.shape[0] for w, _ in mdl[:-1]]
-    perms = [torch.arange(h) for h in sizes]
-    for _ in range(max_iter):
-        changed = False
-        for li in np.random.default_rng(0).permutation(len(sizes)):
-            w, b = mdl[li]
-            if li > 0:
-                w = w[:, perms[li - 1]]  # inputs already in the order of the previous layer's perm
-            # score[i, j]: gain of putting old unit j at position i
-            score = torch.einsum("iar,jar->ij", ref[li][0], w) + torch.outer(ref[li][1], b)
+    mdl = _split_batch(arch, flat.double())
+    n, sizes = flat.shape[0], [w.shape[1] for w, _ in mdl[:-1]]
+    perms = [torch.arange(h).expand(n, h).clone() for h in sizes]
+
+    def score(li: int, with_next: bool) -> torch.Tensor:
+        w, b = mdl[li]
+        if li > 0:  # inputs in the order of the previous layer's permutation
+            w = torch.gather(w, 2, perms[li - 1].view(n, 1, -1, 1).expand_as(w))
+        s = torch.einsum("iar,njar->nij", ref[li][0], w) + torch.einsum("i,nj->nij", ref[li][1], b)
+        if with_next:
             w_next = mdl[li + 1][0]
             if li + 1 < len(sizes):
-                w_next = w_next[perms[li + 1]]
-            score += torch.einsum("oir,ojr->ij", ref[li + 1][0], w_next)
-            _, cols = linear_sum_assignment(score.numpy(), maximize=True)
-            new = torch.from_numpy(cols)
+                w_next = _gather_rows(w_next, perms[li + 1])
+            s = s + torch.einsum("oir,nojr->nij", ref[li + 1][0], w_next)
+        return s
+
+    for li in range(len(sizes)):
+        perms[li] = _assign(score(li, with_next=False))
+    rng = np.random.default_rng(0)
+    for _ in range(max_iter):
+        changed = False
+        for li in rng.permutation(len(sizes)):
+            new = _assign(score(li, with_next=True))
             if not torch.equal(new, perms[li]):
                 perms[li], changed = new, True
         if not changed:
             break
     return perms
+
+
+def match(arch: ArchSpec, flat: torch.Tensor, reference: torch.Tensor, max_iter: int = 100) -> list[torch.Tensor]:
+    """Weight matching: the permutations that align one model `flat` (P,) to `reference` (P,)."""
+    return [p[0] for p in match_batch(arch, flat[None], reference, max_iter)]
+
+
+def permute_batch(arch: ArchSpec, flat: torch.Tensor, perms: list[torch.Tensor]) -> torch.Tensor:
+    """`permute` for N models (N, P) with perms (N, h) per hidden layer."""
+    return torch.stack([permute(arch, f, [p[i] for p in perms]) for i, f in enumerate(flat)])
 
 
 def canonicalize(arch: ArchSpec, flat: torch.Tensor, reference: torch.Tensor | None = None, rounds: int = 3):
@@ -108,7 +145,7 @@ def canonicalize(arch: ArchSpec, flat: torch.Tensor, reference: torch.Tensor | N
     fixed = reference is not None
     ref = reference if fixed else flat[0]
     for _ in range(1 if fixed else rounds):
-        aligned = torch.stack([permute(arch, f, match(arch, f, ref)) for f in flat])
+        aligned = permute_batch(arch, flat, match_batch(arch, flat, ref))
         if not fixed:
             ref = aligned.mean(0)
     return aligned, ref
