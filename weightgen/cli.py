@@ -156,6 +156,23 @@ def inspect(path: Path = typer.Argument(..., help="Checkpoint file or hub-style 
     console.print(table)
 
 
+def run_script(script_main, config_cls, argv: list[str]) -> None:
+    """Entry point of a train/ script: `SCRIPT CONFIG [--set key=value ...]`, with bad input
+    reported as one sentence and exit status 2, like the CLI."""
+    from weightgen.config import load_config
+
+    try:
+        if not argv or argv[0].startswith("-"):
+            raise WeightgenError("usage: SCRIPT CONFIG.yaml [--set key=value ...]")
+        overrides = [v for flag, v in zip(argv[1::2], argv[2::2]) if flag == "--set"]
+        if len(argv[1:]) != 2 * len(overrides):
+            raise WeightgenError("after the config, only --set key=value pairs are accepted")
+        script_main(load_config(config_cls, argv[0], overrides))
+    except WeightgenError as e:
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {escape(str(e))}")
+        sys.exit(2)
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)

@@ -32,9 +32,10 @@ class MetaEmbedding(nn.Module):
         self.role = nn.Embedding(2, dim)
         self.position = nn.Embedding(n_positions, dim)
 
-    def forward(self, arch_index: int, meta: torch.Tensor) -> torch.Tensor:
-        """meta (T, 3) long -> (T, dim)."""
-        return self.arch.weight[arch_index] + self.layer(meta[:, 0]) + self.role(meta[:, 1]) + self.position(meta[:, 2])
+    def forward(self, arch_index: int | torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        """arch index (int, or (M,) per token) and meta (M, 3) long -> (M, dim)."""
+        arch = self.arch.weight[arch_index] if isinstance(arch_index, int) else self.arch(arch_index)
+        return arch + self.layer(meta[:, 0]) + self.role(meta[:, 1]) + self.position(meta[:, 2])
 
 
 class TokenCodecMixin:
@@ -52,6 +53,11 @@ class TokenCodecMixin:
         layout = self.stats.layout(arch)  # raises a clear error for an arch it was not fitted on
         return layout, self.meta_embed(self.stats.index[arch.slug], layout.metadata)
 
+    def _index_meta(self, arch: ArchSpec, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token arch index (n*T,) and metadata (n*T, 3) for n models of one arch."""
+        layout = self.stats.layout(arch)
+        return torch.full((n * layout.num_tokens,), self.stats.index[arch.slug]), layout.metadata.repeat(n, 1)
+
     def tokens(self, arch: ArchSpec, flat: torch.Tensor) -> torch.Tensor:
         """Flat weights (N, P) -> normalised tokens (N, T, width)."""
         return self.stats.normalize(arch, self.stats.layout(arch).tokenize(flat.float()))
@@ -66,3 +72,18 @@ class TokenCodecMixin:
     @property
     def archs_known(self) -> list[ArchSpec]:
         return list(self.arch_specs)
+
+    def token_table(self, weights: dict[ArchSpec, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every token of every model, flattened for token-level training (encoders see one token at
+        a time): tokens (M, width), arch (M,), meta (M, 3), mask (M, width). Fits stats first."""
+        parts = {"tokens": [], "arch": [], "meta": [], "mask": []}
+        for arch, flat in weights.items():
+            self.fit_stats(arch, flat)
+            layout = self.stats.layout(arch)
+            tok = self.tokens(arch, flat)  # (N, T, width)
+            n, t = tok.shape[:2]
+            parts["tokens"].append(tok.reshape(n * t, -1))
+            parts["arch"].append(torch.full((n * t,), self.stats.index[arch.slug]))
+            parts["meta"].append(layout.metadata.repeat(n, 1))
+            parts["mask"].append(layout.mask.repeat(n, 1))
+        return {k: torch.cat(v) for k, v in parts.items()}

@@ -1,14 +1,19 @@
 """WeightVQVAE: weight tokens -> discrete ids -> weight tokens.
 
 Each normalised token (width floats) is encoded by a small MLP conditioned on its metadata
-embedding, quantised by residual finite scalar quantisation (Mentzer et al., "Finite Scalar
-Quantization", 2023; the `vector-quantize-pytorch` ResidualFSQ), and decoded by a second MLP
-conditioned on the same embedding. FSQ has no codebook to collapse and needs no commitment loss.
-A token becomes `num_quantizers` ids, each from a codebook of prod(levels) codes, so
+embedding into a latent of `latent_dim` values, quantised by grouped residual finite scalar
+quantisation (Mentzer et al., "Finite Scalar Quantization", 2023; `vector-quantize-pytorch`'s
+GroupedResidualFSQ), and decoded by a second MLP conditioned on the same embedding. FSQ has no
+codebook to collapse and needs no commitment loss. The latent is split into `groups` groups of
+len(levels) dims (so latent_dim = groups * len(levels): no hidden projection squeezes it), and each
+group is quantised in `num_quantizers` residual stages. A token becomes groups * num_quantizers ids,
+each one of prod(levels) codes, so
 
-    compression = 32 * width / (num_quantizers * log2(prod(levels)))
+    bits per token = groups * num_quantizers * log2(prod(levels))
+    compression    = 32 * width / bits per token
 
-An autoregressive generator then models the id sequences.
+The defaults give 8 ids of 256 codes (64 bits) for 16 floats (512 bits): compression 8, and a
+small vocabulary for the autoregressive generator that models the id sequences.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import math
 import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
-from vector_quantize_pytorch import ResidualFSQ
+from einops import rearrange
+from vector_quantize_pytorch import GroupedResidualFSQ
 
 from weightgen.encoders.base import TokenCodecMixin, token_mlp
 from weightgen.specs import ArchSpec
@@ -31,52 +37,59 @@ class WeightVQVAE(ModelMixin, ConfigMixin, TokenCodecMixin):
         archs: list[dict],
         width: int = 16,
         hidden: int = 256,
-        latent_dim: int = 16,
-        levels: tuple[int, ...] = (8, 5, 5, 5),
-        num_quantizers: int = 4,
+        levels: tuple[int, ...] = (4, 4, 4, 4),
+        groups: int = 4,
+        num_quantizers: int = 2,
         embed_dim: int = 64,
     ):
         super().__init__()
         self._setup(archs, width, embed_dim)
-        self.encoder = token_mlp(width + embed_dim, hidden, latent_dim)
-        self.quantizer = ResidualFSQ(dim=latent_dim, levels=list(levels), num_quantizers=num_quantizers)
-        self.decoder = token_mlp(latent_dim + embed_dim, hidden, width)
+        latent = groups * len(levels)
+        self.encoder = token_mlp(width + embed_dim, hidden, latent)
+        self.quantizer = GroupedResidualFSQ(dim=latent, groups=groups, levels=list(levels), num_quantizers=num_quantizers)
+        self.decoder = token_mlp(latent + embed_dim, hidden, width)
 
     @property
     def codebook_size(self) -> int:
         return math.prod(self.config.levels)
 
     @property
+    def ids_per_token(self) -> int:
+        return self.config.groups * self.config.num_quantizers
+
+    @property
     def bits_per_token(self) -> float:
-        return self.config.num_quantizers * math.log2(self.codebook_size)
+        return self.ids_per_token * math.log2(self.codebook_size)
 
     @property
     def compression(self) -> float:
         return 32 * self.config.width / self.bits_per_token
 
-    def _encode_tokens(self, arch: ArchSpec, tokens: torch.Tensor) -> torch.Tensor:
-        layout, emb = self._meta(arch)
-        return self.encoder(torch.cat([tokens, emb.expand(*tokens.shape[:-1], -1)], -1))
+    def forward(self, tokens: torch.Tensor, arch: torch.Tensor, meta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised tokens (M, width), arch index (M,), meta (M, 3) -> (reconstruction, ids (M, I))."""
+        emb = self.meta_embed(arch, meta)
+        z = self.encoder(torch.cat([tokens, emb], -1))[None]  # (1, M, latent): FSQ wants (B, N, D)
+        zq, ids = self.quantizer(z)  # ids (groups, 1, M, Q)
+        recon = self.decoder(torch.cat([zq[0], emb], -1))
+        return recon, rearrange(ids, "g 1 m q -> m (g q)")
 
-    def _decode_latents(self, arch: ArchSpec, z: torch.Tensor) -> torch.Tensor:
-        layout, emb = self._meta(arch)
-        out = self.decoder(torch.cat([z, emb.expand(*z.shape[:-1], -1)], -1))
-        return out * layout.mask.to(out.dtype)
-
-    def forward(self, arch: ArchSpec, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised tokens (N, T, width) -> (reconstruction (N, T, width), ids (N, T, Q))."""
-        z = self._encode_tokens(arch, tokens)
-        zq, ids = self.quantizer(z)
-        return self._decode_latents(arch, zq), ids
+    def _ids_to_latent(self, ids: torch.Tensor) -> torch.Tensor:
+        grouped = rearrange(ids, "n t (g q) -> g n t q", g=self.config.groups)
+        return self.quantizer.get_output_from_indices(grouped)
 
     @torch.no_grad()
-    def encode(self, arch: ArchSpec, flat: torch.Tensor) -> torch.Tensor:
-        """Flat weights (N, P) -> ids (N, T, num_quantizers)."""
-        _, ids = self.quantizer(self._encode_tokens(arch, self.tokens(arch, flat)))
-        return ids
+    def encode(self, flat: torch.Tensor, arch: ArchSpec) -> torch.Tensor:
+        """Flat weights (N, P) -> ids (N, T, ids_per_token)."""
+        tokens = self.tokens(arch, flat)
+        n, t, _ = tokens.shape
+        index, meta = self._index_meta(arch, n)
+        _, ids = self(tokens.reshape(n * t, -1), index, meta)
+        return ids.reshape(n, t, -1).long()
 
     @torch.no_grad()
-    def decode(self, arch: ArchSpec, ids: torch.Tensor) -> torch.Tensor:
-        """ids (N, T, num_quantizers) -> flat weights (N, P)."""
-        zq = self.quantizer.get_output_from_indices(ids)
-        return self.untokens(arch, self._decode_latents(arch, zq))
+    def decode(self, ids: torch.Tensor, arch: ArchSpec) -> torch.Tensor:
+        """ids (N, T, ids_per_token) -> flat weights (N, P)."""
+        layout, emb = self._meta(arch)
+        zq = self._ids_to_latent(ids)  # (N, T, latent)
+        recon = self.decoder(torch.cat([zq, emb.expand(*zq.shape[:-1], -1)], -1))
+        return self.untokens(arch, recon * layout.mask.to(recon.dtype))
