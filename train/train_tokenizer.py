@@ -26,6 +26,7 @@ from weightgen.encoders.training import (
     sample_tokens,
     save_checkpoint,
     save_final,
+    warmup_cosine,
 )
 from weightgen.encoders.vqvae import WeightVQVAE
 
@@ -41,10 +42,13 @@ def main(cfg: TokenizerConfig) -> None:
     table = model.token_table({d.arch: d.train for d in data})  # also fits the normalisation stats
     trainable = [d for d in data if len(d.train)]
 
-    # 2. Optimiser and a one-cycle schedule, prepared by accelerate.
+    # 2. Optimiser (prepared by accelerate) and a warm-up + cosine schedule.
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=max(cfg.steps, 2), pct_start=0.05)
-    model, opt, sched = accelerator.prepare(model, opt, sched)
+    sched = warmup_cosine(opt, cfg.steps)
+    # the scheduler stays out of prepare(): accelerate would step it once per process per step
+    # (it assumes the data is split across processes); each process here runs all cfg.steps
+    model, opt = accelerator.prepare(model, opt)
+    accelerator.register_for_checkpointing(sched)
     codec = accelerator.unwrap_model(model)
 
     # 3. Resume from the newest complete checkpoint, if any.

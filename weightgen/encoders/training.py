@@ -7,6 +7,7 @@ everything reusable lives here.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +31,9 @@ class EncoderTrainConfig:
     width: int = 16  # floats per token
     hidden: int = 256  # width of the per-token MLPs
     embed_dim: int = 64  # token-metadata embedding size
-    steps: int = 2000
+    steps: int = 2000  # the schedule spans these; a resume with more steps follows the longer schedule
     batch_tokens: int = 4096  # tokens per step (per process)
-    lr: float = 2e-3  # peak of a one-cycle schedule
+    lr: float = 2e-3  # peak learning rate of the warm-up + cosine schedule
     weight_decay: float = 0.0
     save_every: int = 500  # accelerator.save_state interval, in steps
     seed: int = 0
@@ -54,6 +55,22 @@ class AutoencoderConfig(EncoderTrainConfig):
     latent_dim: int = 16
     noise_std: float = 0.05  # decoder trained on latents + N(0, noise_std^2)
     latent_l2: float = 1e-3  # keeps latents near unit scale, so the noise has a fixed meaning
+
+
+def warmup_cosine(opt: torch.optim.Optimizer, steps: int, warmup: float = 0.05) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over the first `warmup` of the run, then cosine decay to 0 at `steps`.
+
+    A pure function of the step index (its state is just the step), so a run resumed with a larger
+    `steps` follows the new schedule instead of running past the end of the old one."""
+    n_warm = max(1, int(warmup * steps))
+
+    def factor(step: int) -> float:
+        if step < n_warm:
+            return (step + 1) / n_warm
+        progress = min(1.0, (step - n_warm) / max(1, steps - n_warm))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def load_weights(cfg: EncoderTrainConfig) -> list[ArchWeights]:

@@ -82,6 +82,8 @@ class WeightVQVAE(ModelMixin, ConfigMixin, TokenCodecMixin):
         """Flat weights (N, P) -> ids (N, T, ids_per_token)."""
         tokens = self.tokens(arch, flat)
         n, t, _ = tokens.shape
+        if n == 0:
+            return torch.zeros(0, t, self.ids_per_token, dtype=torch.long)
         index, meta = self._index_meta(arch, n)
         _, ids = self(tokens.reshape(n * t, -1), index, meta)
         return ids.reshape(n, t, -1).long()
@@ -90,6 +92,8 @@ class WeightVQVAE(ModelMixin, ConfigMixin, TokenCodecMixin):
     def decode(self, ids: torch.Tensor, arch: ArchSpec) -> torch.Tensor:
         """ids (N, T, ids_per_token) -> flat weights (N, P)."""
         layout, emb = self._meta(arch)
+        if ids.shape[0] == 0:
+            return torch.zeros(0, arch.layout().numel)
         zq = self._ids_to_latent(ids)  # (N, T, latent)
         recon = self.decoder(torch.cat([zq, emb.expand(*zq.shape[:-1], -1)], -1))
         return self.untokens(arch, recon * layout.mask.to(recon.dtype))
