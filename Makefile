@@ -22,6 +22,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_zoo.py
+	$(BIN)/weightgen zoo build configs/zoo/digits-mlp.yaml --out runs/zoo/digits-mlp --quiet
+	$(BIN)/weightgen zoo build configs/zoo/digits-mlp-independent.yaml --out runs/zoo/digits-mlp-independent --quiet
+	$(BIN)/python benchmarks/bench_encoders.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
