@@ -69,10 +69,6 @@ class TokenCodecMixin:
     def fit_stats(self, arch: ArchSpec, flat: torch.Tensor) -> None:
         self.stats.fit(arch, self.stats.layout(arch).tokenize(flat.float()))
 
-    @property
-    def archs_known(self) -> list[ArchSpec]:
-        return list(self.arch_specs)
-
     def token_table(self, weights: dict[ArchSpec, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Every token of every model, flattened for token-level training (encoders see one token at
         a time): tokens (M, width), arch (M,), meta (M, 3), mask (M, width). Fits stats first."""
