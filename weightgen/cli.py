@@ -81,8 +81,8 @@ def _print_info(store) -> None:
         )
     console.print(table)
     kinds: dict[str, int] = {}
-    for tid in tasks:
-        kind = "digits-subset" if tid.startswith("digits-subset") else tid.rsplit("-", 1)[0] if tid[-1].isdigit() else tid
+    for task in store.tasks():
+        kind = f"digits-{task.shift}" if task.kind == "digits-shift" else task.kind if task.kind != "tabular" else task.id
         kinds[kind] = kinds.get(kind, 0) + 1
     console.print("tasks: " + ", ".join(f"{k} ×{v}" for k, v in kinds.items()))
     if m["held_out"]:
