@@ -1,0 +1,1 @@
+"""Generators: learn the encoders' weight space conditioned on task and architecture text."""
