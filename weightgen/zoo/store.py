@@ -60,6 +60,7 @@ class ZooStore:
         records = sorted(records, key=lambda r: r["id"])
         atomic.write_text(self.root / "records.jsonl", "".join(json.dumps(r) + "\n" for r in records))
         self.__dict__.pop("records", None)
+        self.__dict__.pop("_by_id", None)
 
     # -- reading ------------------------------------------------------------------------------
     @cached_property
@@ -104,8 +105,12 @@ class ZooStore:
     def tasks(self) -> list[TaskSpec]:
         return [get_task(t) for t in self.manifest["tasks"]]
 
+    @cached_property
+    def _by_id(self) -> dict[int, dict]:
+        return {r["id"]: r for r in self.records}
+
     def record(self, model_id: int) -> dict:
-        by_id = {r["id"]: r for r in self.records}
+        by_id = self._by_id  # built once, not per lookup: exporting a whole zoo is N lookups
         if model_id not in by_id:
             raise ZooError(f"zoo {self.root} has no model with id {model_id} (ids run 0..{len(self.records) - 1})")
         return by_id[model_id]
