@@ -27,3 +27,7 @@ class CheckpointError(WeightgenError):
 
 class ZooError(WeightgenError):
     """A zoo folder that is missing, incomplete or built from another config."""
+
+
+class GeneratorError(WeightgenError):
+    """A generator folder that is missing or incomplete, or a request it cannot serve."""

@@ -43,6 +43,8 @@ class WeightDiT(ModelMixin, ConfigMixin):
         num_attention_heads: int = 4,
         attention_head_dim: int = 32,
         text_dim: int = 384,
+        max_tokens: int = 1,
+        task_kinds: tuple[str, ...] = ("digits-subset",),
     ):
         super().__init__()
         dim = num_attention_heads * attention_head_dim
@@ -60,6 +62,29 @@ class WeightDiT(ModelMixin, ConfigMixin):
         self.norm_out = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.scale_shift_table = nn.Parameter(torch.randn(2, dim) / dim**0.5)
         self.proj_out = nn.Linear(dim, latent_dim)
+        # per-arch, per-slot latent statistics: the model denoises standardised latents, so the
+        # noise has the same meaning in every slot (saved with the weights; set once before training)
+        self.register_buffer("latent_mean", torch.zeros(n_archs, max_tokens, latent_dim))
+        self.register_buffer("latent_std", torch.ones(n_archs, max_tokens, latent_dim))
+
+    @torch.no_grad()
+    def set_latent_stats(self, arch_index: int, latents: torch.Tensor, floor: float = 0.1) -> None:
+        """Fit slot means and stds of one arch from its training latents (N, T, d). Stds are floored
+        at `floor` x the arch's median std, so near-constant slots do not turn noise into large errors."""
+        t = latents.shape[1]
+        if t > self.config.max_tokens:
+            raise ValueError(f"{t} tokens but the denoiser was built for at most {self.config.max_tokens}")
+        std = latents.std(0) if len(latents) > 1 else torch.ones_like(latents[0])
+        self.latent_mean[arch_index, :t] = latents.mean(0)
+        self.latent_std[arch_index, :t] = std.clamp_min(floor * std.median().clamp_min(1e-8))
+
+    def standardize(self, latents: torch.Tensor, arch_index: int) -> torch.Tensor:
+        t = latents.shape[-2]
+        return (latents - self.latent_mean[arch_index, :t]) / self.latent_std[arch_index, :t]
+
+    def destandardize(self, x: torch.Tensor, arch_index: int) -> torch.Tensor:
+        t = x.shape[-2]
+        return x * self.latent_std[arch_index, :t] + self.latent_mean[arch_index, :t]
 
     def null_prompt(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Text tokens (B, 1, text_dim) and mask (B, 1) of the unconditional prompt."""

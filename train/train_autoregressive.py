@@ -1,0 +1,116 @@
+"""Train the autoregressive generator (a GPT-2 over VQ ids) on a zoo's non-held-out models.
+
+    python train/train_autoregressive.py configs/generator/ar-digits.yaml [--set steps=100 ...]
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 train/train_autoregressive.py CONFIG
+
+Needs a trained VQ tokenizer (train/train_tokenizer.py); every training model's ids are computed once.
+Re-running the same command resumes from the newest `OUT/checkpoints/step_N` (accelerate state).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+from diffusers.training_utils import EMAModel
+from rich.progress import Progress
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from weightgen.encoders.training import latest_checkpoint, save_checkpoint, warmup_cosine
+from weightgen.encoders.vqvae import WeightVQVAE
+from weightgen.generators.autoregressive import WeightARPipeline, WeightARPrefix
+from weightgen.generators.training import GeneratorTrainConfig, load_encoded_zoo, sample_batch, save_pipeline, task_kinds
+
+
+@dataclass(frozen=True)
+class ARConfig(GeneratorTrainConfig):
+    out: str = "runs/generators/ar"
+    tokenizer: str = "runs/encoders/vqvae-ar-digits"  # a trained WeightVQVAE folder
+    hidden_size: int = 128  # GPT-2 width
+    num_layers: int = 4
+    num_attention_heads: int = 4
+    prefix_len: int = 32  # prompt token states kept as prefix embeddings
+    dropout: float = 0.0
+
+
+class ARModel(torch.nn.Module):
+    """Prefix projection + LM as one module, so DDP sees one forward that returns the loss."""
+
+    def __init__(self, lm: GPT2LMHeadModel, prefix: WeightARPrefix):
+        super().__init__()
+        self.lm, self.prefix = lm, prefix
+
+    def forward(self, text: torch.Tensor, text_mask: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+        """Next-id loss over the codes of seq ([BOS] [ARCH] codes); prefix and head are not scored."""
+        embeds, attention = self.prefix.embed(self.lm, text, text_mask, seq)
+        skip = torch.full((len(seq), embeds.shape[1] - seq.shape[1] + 2), -100, device=seq.device)
+        return self.lm(inputs_embeds=embeds, attention_mask=attention, labels=torch.cat([skip, seq[:, 2:]], 1)).loss
+
+
+def main(cfg: ARConfig) -> None:
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
+    torch.manual_seed(cfg.seed)  # same init on every process
+
+    # 1. Data: VQ ids of every non-held-out model, and every training prompt embedded once.
+    tokenizer = WeightVQVAE.from_pretrained(cfg.tokenizer).eval().requires_grad_(False)
+    data, table = load_encoded_zoo(cfg, tokenizer, cfg.tokenizer, tokenizer.encode)
+    prefix = WeightARPrefix(text_dim=table.tokens.shape[-1], hidden_size=cfg.hidden_size, prefix_len=cfg.prefix_len,
+                            n_archs=len(tokenizer.arch_specs), ids_per_token=tokenizer.ids_per_token,
+                            codebook_size=tokenizer.codebook_size, task_kinds=task_kinds(data))
+    longest = max(d.codes.shape[1] for d in data) * tokenizer.ids_per_token + 2
+    lm = GPT2LMHeadModel(GPT2Config(vocab_size=prefix.vocab_size, n_positions=cfg.prefix_len + longest,
+                                    n_embd=cfg.hidden_size, n_layer=cfg.num_layers, n_head=cfg.num_attention_heads,
+                                    resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
+                                    bos_token_id=1, eos_token_id=None, pad_token_id=0))
+    for d in data:
+        d.codes = prefix.to_sequence(d.codes, d.index)  # (N, 2 + T*I) LM tokens
+
+    # 2. Optimiser, schedule and EMA over both trained parts (prefix projection + LM).
+    model = ARModel(lm, prefix)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = warmup_cosine(opt, cfg.steps)
+    ema = EMAModel(model.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=3 / 4)
+    model, opt = accelerator.prepare(model, opt)
+    accelerator.register_for_checkpointing(sched, ema)
+    parts = accelerator.unwrap_model(model)
+
+    # 3. Resume from the newest complete checkpoint, if any.
+    ckpt, start = latest_checkpoint(cfg.out)
+    if ckpt is not None:
+        accelerator.load_state(str(ckpt))
+        accelerator.print(f"resumed from {ckpt} (step {start})")
+
+    # 4. Train: next-id prediction on [prompt prefix] [BOS] [ARCH] codes; only the codes are scored.
+    rank, device = accelerator.process_index, accelerator.device
+    with Progress(disable=not accelerator.is_local_main_process) as progress:
+        job = progress.add_task("autoregressive", total=cfg.steps, completed=start)
+        for step in range(start, cfg.steps):
+            for micro in range(cfg.grad_accum):
+                _, seq, text, mask = sample_batch(data, table, cfg.batch_size, step * cfg.grad_accum + micro,
+                                                  cfg.seed, rank)
+                seq = seq.to(device)
+                with accelerator.accumulate(model):
+                    loss = model(text.to(device), mask.to(device), seq)
+                    accelerator.backward(loss)
+                    opt.step()
+                    opt.zero_grad()
+            sched.step()
+            ema.step(parts.parameters())
+            progress.update(job, advance=1, description=f"autoregressive loss {loss.item():.4f}")
+            if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+                save_checkpoint(accelerator, cfg.out, step + 1)
+
+    # 5. Save the pipeline with the EMA weights, and the resolved config beside it.
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        ema.copy_to(parts.parameters())
+        save_pipeline(WeightARPipeline(lm=parts.lm, prefix=parts.prefix, tokenizer=tokenizer), cfg)
+    accelerator.print(f"saved {cfg.out}")
+
+
+if __name__ == "__main__":
+    from weightgen.cli import run_script
+
+    run_script(main, ARConfig, sys.argv[1:])

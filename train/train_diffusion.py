@@ -1,0 +1,134 @@
+"""Train the text-conditioned latent diffusion generator on a zoo's non-held-out models.
+
+    python train/train_diffusion.py configs/generator/diffusion-digits.yaml [--set steps=100 ...]
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 train/train_diffusion.py CONFIG
+
+Needs a trained autoencoder (train/train_autoencoder.py); its latents of every training model are
+computed once, standardised per slot, and the WeightDiT learns to denoise them given the prompt.
+Re-running the same command resumes from the newest `OUT/checkpoints/step_N` (accelerate state).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers.training_utils import EMAModel
+from rich.progress import Progress
+
+from weightgen.encoders.autoencoder import WeightAutoencoder
+from weightgen.encoders.training import latest_checkpoint, save_checkpoint, warmup_cosine
+from weightgen.errors import ConfigError
+from weightgen.generators.diffusion import WeightDiffusionPipeline, with_null_prompt
+from weightgen.generators.dit import WeightDiT
+from weightgen.generators.training import (
+    GeneratorTrainConfig,
+    drop_mask,
+    load_encoded_zoo,
+    sample_batch,
+    save_pipeline,
+    task_kinds,
+)
+
+SAMPLERS = {"ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
+
+
+@dataclass(frozen=True)
+class DiffusionConfig(GeneratorTrainConfig):
+    out: str = "runs/generators/diffusion"
+    encoder: str = "runs/encoders/autoencoder-digits"  # a trained WeightAutoencoder folder
+    num_layers: int = 4  # transformer blocks
+    num_attention_heads: int = 4
+    attention_head_dim: int = 32
+    prediction_type: str = "v_prediction"  # epsilon | sample | v_prediction (why v: generators/diffusion.py)
+    beta_schedule: str = "squaredcos_cap_v2"
+    num_train_timesteps: int = 1000
+    cond_dropout: float = 0.1  # share of examples trained with the null prompt (classifier-free guidance)
+    sampler: str = "ddim"  # ddim | dpm: the scheduler saved in the pipeline for few-step sampling
+
+
+def main(cfg: DiffusionConfig) -> None:
+    if cfg.sampler not in SAMPLERS:
+        raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got '{cfg.sampler}'")
+    if cfg.prediction_type not in ("epsilon", "sample", "v_prediction"):
+        raise ConfigError(f"prediction_type must be epsilon, sample or v_prediction, got '{cfg.prediction_type}'")
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
+    torch.manual_seed(cfg.seed)  # same init on every process
+
+    # 1. Data: autoencoder latents of every non-held-out model, and every training prompt embedded once.
+    encoder = WeightAutoencoder.from_pretrained(cfg.encoder).eval().requires_grad_(False)
+    data, table = load_encoded_zoo(cfg, encoder, cfg.encoder, encoder.encode)
+    denoiser = WeightDiT(latent_dim=encoder.config.latent_dim, n_archs=len(encoder.arch_specs),
+                         n_layers=int(encoder.meta_embed.layer.num_embeddings),
+                         n_positions=int(encoder.meta_embed.position.num_embeddings),
+                         num_layers=cfg.num_layers, num_attention_heads=cfg.num_attention_heads,
+                         attention_head_dim=cfg.attention_head_dim, text_dim=table.tokens.shape[-1],
+                         max_tokens=max(d.codes.shape[1] for d in data), task_kinds=task_kinds(data))
+    for d in data:  # the denoiser works on per-slot standardised latents
+        denoiser.set_latent_stats(d.index, d.codes)
+        d.codes = denoiser.standardize(d.codes, d.index)
+    noise_sched = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
+                                prediction_type=cfg.prediction_type, clip_sample=False)
+
+    # 2. Optimiser, schedule and EMA; the LR schedule stays out of prepare() (see train_autoencoder.py).
+    opt = torch.optim.AdamW(denoiser.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = warmup_cosine(opt, cfg.steps)
+    ema = EMAModel(denoiser.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=3 / 4)
+    model, opt = accelerator.prepare(denoiser, opt)
+    accelerator.register_for_checkpointing(sched, ema)
+
+    # 3. Resume from the newest complete checkpoint, if any.
+    ckpt, start = latest_checkpoint(cfg.out)
+    if ckpt is not None:
+        accelerator.load_state(str(ckpt))
+        accelerator.print(f"resumed from {ckpt} (step {start})")
+
+    # 4. Train: noise a batch of standardised latents at random timesteps, predict the target.
+    rank = accelerator.process_index
+    with Progress(disable=not accelerator.is_local_main_process) as progress:
+        job = progress.add_task("diffusion", total=cfg.steps, completed=start)
+        for step in range(start, cfg.steps):
+            for micro in range(cfg.grad_accum):
+                key = step * cfg.grad_accum + micro
+                d, x0, text, mask = sample_batch(data, table, cfg.batch_size, key, cfg.seed, rank)
+                n = len(x0)
+                text, mask = with_null_prompt(text, mask, accelerator.unwrap_model(model).null_text,
+                                              drop_mask(n, cfg.cond_dropout, key, cfg.seed, rank))
+                g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank * 7919 + key + 1)
+                noise = torch.randn(x0.shape, generator=g)
+                t = torch.randint(cfg.num_train_timesteps, (n,), generator=g)
+                noisy = noise_sched.add_noise(x0, noise, t)
+                target = {"epsilon": noise, "sample": x0}.get(cfg.prediction_type)
+                target = noise_sched.get_velocity(x0, noise, t) if target is None else target
+                meta = encoder.stats.layout(d.arch).metadata.expand(n, -1, -1)
+                with accelerator.accumulate(model):
+                    out = model(noisy.to(accelerator.device), t.to(accelerator.device), text.to(accelerator.device),
+                                mask.to(accelerator.device), torch.full((n,), d.index, device=accelerator.device),
+                                meta.to(accelerator.device))
+                    loss = torch.nn.functional.mse_loss(out.float(), target.to(accelerator.device))
+                    accelerator.backward(loss)
+                    opt.step()
+                    opt.zero_grad()
+            sched.step()
+            ema.step(accelerator.unwrap_model(model).parameters())
+            progress.update(job, advance=1, description=f"diffusion loss {loss.item():.4f}")
+            if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+                save_checkpoint(accelerator, cfg.out, step + 1)
+
+    # 5. Save the pipeline with the EMA weights, and the resolved config beside it.
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final = accelerator.unwrap_model(model)
+        ema.copy_to(final.parameters())
+        sampler = SAMPLERS[cfg.sampler].from_config(noise_sched.config)
+        save_pipeline(WeightDiffusionPipeline(denoiser=final, scheduler=sampler, encoder=encoder), cfg)
+    accelerator.print(f"saved {cfg.out}")
+
+
+if __name__ == "__main__":
+    from weightgen.cli import run_script
+
+    run_script(main, DiffusionConfig, sys.argv[1:])

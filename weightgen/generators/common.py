@@ -1,0 +1,125 @@
+"""What both generator pipelines share: reading a request, checking arguments, the text encoder,
+loading a saved folder, and the output type.
+
+A request is a prompt plus (optionally) an arch. The task is parsed from the prompt when it names one
+(a prompt that names no known task still generates, only without a task to check against); the arch
+comes from the `arch` argument, else from the prompt, else from the task's default. The generator
+refuses an arch it was not trained on, and a task kind it never saw, naming what it can produce.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from weightgen.errors import ArchError, GeneratorError, TaskError
+from weightgen.specs import ArchSpec, find_arch
+from weightgen.tasks import TaskSpec, parse_prompt
+from weightgen.text import TextEncoder
+
+
+@dataclass
+class GeneratedWeights:
+    """Samples of one request, decoded. Non-finite samples are kept and flagged, never dropped."""
+
+    arch: ArchSpec
+    task: TaskSpec | None  # None when the prompt names no task weightgen knows
+    prompt: str  # the text the generator was conditioned on
+    flat: torch.Tensor  # (N, P) weights in the arch's ParamLayout order
+    finite: torch.Tensor  # (N,) bool: every weight of sample i is finite
+
+    @property
+    def state_dicts(self) -> list[dict[str, torch.Tensor]]:
+        """One state_dict per sample, loadable into `arch.build()`."""
+        params = self.arch.layout().unflatten(self.flat)
+        return [{k: v[i].clone() for k, v in params.items()} for i in range(len(self.flat))]
+
+    @property
+    def num_finite(self) -> int:
+        return int(self.finite.sum())
+
+
+@dataclass(frozen=True)
+class Request:
+    task: TaskSpec | None
+    arch: ArchSpec
+    text: str  # conditioning text: the prompt, with the arch appended if it did not name one
+
+
+def resolve_request(prompt: str, arch: ArchSpec | str | None, archs: list[ArchSpec], task_kinds: list[str]) -> Request:
+    """Check a prompt + arch against what a generator was trained on (see the module docstring)."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise TaskError("the prompt is empty; describe a task such as 'classify digits 3, 5 and 8'")
+    prompt = prompt.strip()
+    try:
+        task = parse_prompt(prompt)
+    except TaskError:
+        task = None
+    if task is not None and task.kind not in task_kinds:
+        raise TaskError(f"this generator was trained on {', '.join(task_kinds)} tasks only, so it cannot produce "
+                        f"'{task.id}'")
+    in_prompt, _ = find_arch(prompt)
+    if isinstance(arch, str):
+        arch = ArchSpec.parse(arch)
+    arch = arch or in_prompt
+    if arch is None:
+        if task is None:
+            raise TaskError(f"'{prompt}' names no task weightgen knows and no architecture; add one, e.g. "
+                            f"'with {archs[0].article} {archs[0].describe()}'")
+        fitting = [a for a in archs if a.out_dim == task.out_dim and a.in_dim == task.in_dim]
+        arch = task.default_arch() if task.default_arch() in fitting else (fitting[0] if fitting else task.default_arch())
+    if arch not in archs:
+        raise ArchError(f"this generator cannot produce {arch.article} {arch.describe()}; it was trained on "
+                        f"{describe_archs(archs)}")
+    if task is not None:
+        if (task.in_dim, task.out_dim) != (arch.in_dim, arch.out_dim):
+            raise ArchError(f"task {task.id} needs {task.in_dim} inputs and {task.out_dim} outputs, but "
+                            f"{arch.describe()} has {arch.in_dim} and {arch.out_dim}")
+    text = prompt if in_prompt is not None else f"{prompt} with {arch.article} {arch.describe()}"
+    return Request(task, arch, text)
+
+
+def describe_archs(archs: list[ArchSpec]) -> str:
+    return "; ".join(a.describe() for a in archs)
+
+
+def check_range(name: str, value, low, high, integer: bool = False) -> None:
+    """One clear error for an argument outside [low, high]."""
+    ok = isinstance(value, int) and not isinstance(value, bool) if integer else isinstance(value, (int, float))
+    if not ok or not (low <= value <= high):
+        kind = "an integer" if integer else "a number"
+        raise GeneratorError(f"{name} must be {kind} between {low} and {high}, got {value!r}")
+
+
+@functools.cache
+def shared_text_encoder(name_or_path: str | None = None) -> TextEncoder:
+    """One frozen MiniLM per process (loading takes a second; every pipeline reuses it)."""
+    return TextEncoder(name_or_path)
+
+
+def check_folder(path: str | Path, components: dict[str, list[str]], train_hint: str) -> Path:
+    """A saved pipeline folder must hold model_index.json and each component's files."""
+    path = Path(path)
+    if not path.is_dir():
+        raise GeneratorError(f"no generator at {path}; train one with {train_hint}")
+    missing = [] if (path / "model_index.json").is_file() else ["model_index.json"]
+    missing += [f"{sub}/{f}" for sub, files in components.items() for f in files if not (path / sub / f).is_file()]
+    if missing:
+        raise GeneratorError(f"generator folder {path} is incomplete (missing {', '.join(missing)}); it was "
+                             f"probably interrupted while saving, so train it again with {train_hint}")
+    return path
+
+
+def sample_generator(generator: torch.Generator | int | None) -> torch.Generator:
+    """A torch.Generator from a seed, a generator, or None (a fresh random seed)."""
+    if isinstance(generator, torch.Generator):
+        return generator
+    g = torch.Generator()
+    if generator is None:
+        g.seed()
+    else:
+        g.manual_seed(int(generator))
+    return g

@@ -1,0 +1,149 @@
+"""What the generator training scripts share: typed configs, the zoo data and prompt table, batches,
+EMA, and an interruption-safe final save.
+
+The scripts (`train/train_diffusion.py`, `train/train_autoregressive.py`) stay one `main(cfg)` each.
+Both train on the zoo's non-held-out models only, encoded by a frozen encoder trained earlier on the
+same zoo, and both condition on `training_prompt`-style text: one of the task's paraphrases, drawn
+at random every time a model is used, plus the arch description.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from weightgen.config import to_dict
+from weightgen.errors import GeneratorError
+from weightgen.space.dataset import zoo_weights
+from weightgen.specs import ArchSpec
+from weightgen.tasks import get_task
+from weightgen.text import TextEncoder
+from weightgen.zoo.store import ZooStore
+
+
+@dataclass(frozen=True)
+class GeneratorTrainConfig:
+    out: str = "runs/generators/generator"  # save_pretrained folder; checkpoints/ inside it for resume
+    zoo: str = ""  # "" = the zoo the encoder was trained on (its train_config.json)
+    steps: int = 3000  # optimiser steps; the LR schedule spans these
+    batch_size: int = 32  # models per micro-batch, per process
+    grad_accum: int = 1  # micro-batches per optimiser step
+    lr: float = 1e-3  # peak learning rate of the warm-up + cosine schedule
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999  # EMA of the weights (with warm-up); the EMA weights are what is saved
+    mixed_precision: str = "no"  # accelerate's flag: no | bf16 | fp16
+    save_every: int = 500  # accelerator.save_state interval, in steps
+    seed: int = 0
+
+
+@dataclass
+class ArchData:
+    arch: ArchSpec
+    index: int  # the arch's index in the encoder (and generator) tables
+    codes: torch.Tensor  # (N, T, ...) encoded non-held-out models: latents or ids
+    prompts: torch.Tensor  # (N, max paraphrases) rows into the prompt table, -1 = none
+    records: list[dict]
+
+
+@dataclass
+class PromptTable:
+    tokens: torch.Tensor  # (P, L, D) MiniLM token embeddings, zero-padded
+    mask: torch.Tensor  # (P, L) bool
+    texts: list[str]
+
+
+def encoder_settings(encoder_dir: str | Path) -> dict:
+    """The zoo and canonical flag an encoder was trained with (its train_config.json)."""
+    path = Path(encoder_dir) / "train_config.json"
+    if not path.is_file():
+        raise GeneratorError(f"{encoder_dir} has no train_config.json, so the zoo it was trained on is unknown; "
+                             "train it with train/train_autoencoder.py or train/train_tokenizer.py")
+    return json.loads(path.read_text())
+
+
+def load_encoded_zoo(cfg: GeneratorTrainConfig, encoder, encoder_dir: str, encode) -> tuple[list[ArchData], PromptTable]:
+    """Every arch of the zoo the encoder knows: its non-held-out models encoded with `encode(flat,
+    arch)`, and a table of every training prompt (all paraphrases x archs), embedded once."""
+    settings = encoder_settings(encoder_dir)
+    store = ZooStore(cfg.zoo or settings["zoo"])
+    slugs = [a.slug for a in encoder.arch_specs]
+    missing = [s for s in slugs if s not in store.archs]
+    if missing:
+        raise GeneratorError(f"zoo {store.root} has no models of {', '.join(missing)}, which the encoder expects")
+    weights = zoo_weights(store, canonical=settings.get("canonical", True), archs=slugs)
+    texts: dict[str, int] = {}
+    data = []
+    for w in weights:
+        if not len(w.train):
+            continue
+        rows = []
+        for r in w.train_records:
+            descs = get_task(r["task"]).descriptions
+            rows.append([texts.setdefault(f"{d} with {w.arch.article} {w.arch.describe()}", len(texts)) for d in descs])
+        width = max(len(r) for r in rows)
+        prompts = torch.tensor([r + [-1] * (width - len(r)) for r in rows])
+        data.append(ArchData(w.arch, encoder.stats.index[w.arch.slug], encode(w.train, w.arch), prompts,
+                             w.train_records))
+    if not data:
+        raise GeneratorError(f"zoo {store.root} has no non-held-out models to train on")
+    return data, embed_prompts(list(texts))
+
+
+def task_kinds(data: list[ArchData]) -> tuple[str, ...]:
+    """The task kinds a generator sees in training (it refuses requests for others)."""
+    return tuple(sorted({get_task(r["task"]).kind for d in data for r in d.records}))
+
+
+def embed_prompts(texts: list[str], chunk: int = 256) -> PromptTable:
+    """The frozen text encoder's states of every prompt (the bundled MiniLM, or WEIGHTGEN_TEXT_MODEL:
+    pipelines load the same one when sampling)."""
+    encoder = TextEncoder()
+    parts = [encoder.encode(texts[i : i + chunk]) for i in range(0, len(texts), chunk)]
+    length = max(p.tokens.shape[1] for p in parts)
+    tokens = torch.cat([torch.nn.functional.pad(p.tokens, (0, 0, 0, length - p.tokens.shape[1])) for p in parts])
+    mask = torch.cat([torch.nn.functional.pad(p.mask, (0, length - p.mask.shape[1])) for p in parts])
+    return PromptTable(tokens, mask, texts)
+
+
+def sample_batch(data: list[ArchData], table: PromptTable, n: int, step: int, seed: int, rank: int):
+    """n models of one arch (drawn in proportion to each arch's share of the zoo), each with one of its
+    prompts at random. Seeded by (seed, rank, step), so a resumed run draws the same batches.
+    Returns (arch data, codes (n, T, ...), text tokens (n, L, D), text mask (n, L))."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + rank * 7919 + step)
+    sizes = torch.tensor([len(d.codes) for d in data], dtype=torch.float)
+    d = data[int(torch.multinomial(sizes, 1, generator=g))]
+    rows = torch.randint(len(d.codes), (n,), generator=g)
+    choices = d.prompts[rows]
+    count = (choices >= 0).sum(1)
+    pick = (torch.rand(n, generator=g) * count).long()
+    prompt = choices[torch.arange(n), pick]
+    return d, d.codes[rows], table.tokens[prompt], table.mask[prompt]
+
+
+def drop_mask(n: int, p: float, step: int, seed: int, rank: int) -> torch.Tensor:
+    """Which rows of a batch get the null prompt (classifier-free guidance training)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + rank * 7919 + step + 500_009)
+    return torch.rand(n, generator=g) < p
+
+
+def save_pipeline(pipeline, cfg, extra: dict | None = None) -> None:
+    """save_pretrained into cfg.out without ever leaving a loadable-looking half folder: everything
+    is written to OUT/.partial, moved into place, and model_index.json (what marks a complete
+    folder) is moved last. The resolved config goes beside it as train_config.json."""
+    out = Path(cfg.out)
+    partial = out / ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    (out / "model_index.json").unlink(missing_ok=True)
+    pipeline.save_pretrained(str(partial))
+    (partial / "train_config.json").write_text(json.dumps({**to_dict(cfg), **(extra or {})}, indent=1))
+    for item in sorted(partial.iterdir(), key=lambda p: p.name == "model_index.json"):
+        target = out / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(item, target)
+    partial.rmdir()
