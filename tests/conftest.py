@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from weightgen.config import ZooConfig, load_config
 from weightgen.zoo.build import build_zoo
@@ -53,3 +55,74 @@ def _run_cli(*args, env: dict[str, str] | None = None, timeout: float = 120) -> 
 @pytest.fixture(scope="session")
 def run_cli():
     return _run_cli
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch on one thread for a while: the debug models are tiny, and on busy shared cores several
+    threads per op spend their time waiting for each other (seconds per LM sampling step)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """`one_thread()` for a whole test module (use with `pytestmark = pytest.mark.usefixtures(...)`)."""
+    with one_thread():
+        yield
+
+
+def load_train_script(name: str):
+    """The module of `train/train_NAME.py` (imported once; registered in sys.modules first, as its
+    dataclasses need), so tests can call its `main(cfg)` in-process."""
+    import importlib.util
+
+    module_name = f"_weightgen_train_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, ROOT / "train" / f"train_{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
+
+
+@pytest.fixture(scope="session")
+def train_script():
+    """`train_script(NAME)`: the module of train/train_NAME.py, for calling its `main(cfg)` in-process."""
+    return load_train_script
+
+
+@pytest.fixture(scope="session")
+def debug_encoders(debug_zoo, tmp_path_factory) -> dict[str, Path]:
+    """The debug autoencoder and VQ tokenizer (configs/encoder/debug.yaml) trained in-process once
+    on the debug zoo: {"autoencoder": folder, "tokenizer": folder}. Tests must not modify them."""
+    from weightgen.encoders.training import AutoencoderConfig, TokenizerConfig
+
+    root = tmp_path_factory.mktemp("encoders")
+    config = ROOT / "configs" / "encoder" / "debug.yaml"
+    out = {}
+    for name, cls in (("autoencoder", AutoencoderConfig), ("tokenizer", TokenizerConfig)):
+        out[name] = root / name
+        cfg = load_config(cls, config, [f"zoo={debug_zoo.root}", f"out={out[name]}"])
+        with one_thread():
+            load_train_script(name).main(cfg)
+    return out
+
+
+@pytest.fixture(scope="session")
+def debug_generators(debug_encoders, tmp_path_factory) -> dict[str, Path]:
+    """The debug diffusion and autoregressive generators (configs/generator/debug-*.yaml, 2 steps)
+    trained in-process once: {"diffusion": folder, "autoregressive": folder}. Do not modify them."""
+    root = tmp_path_factory.mktemp("generators")
+    diffusion, autoregressive = load_train_script("diffusion"), load_train_script("autoregressive")
+    out = {"diffusion": root / "diffusion", "autoregressive": root / "autoregressive"}
+    with one_thread():
+        diffusion.main(load_config(diffusion.DiffusionConfig, ROOT / "configs" / "generator" / "debug-diffusion.yaml",
+                                   [f"encoder={debug_encoders['autoencoder']}", f"out={out['diffusion']}"]))
+        autoregressive.main(load_config(autoregressive.ARConfig, ROOT / "configs" / "generator" / "debug-ar.yaml",
+                                        [f"tokenizer={debug_encoders['tokenizer']}", f"out={out['autoregressive']}"]))
+    return out

@@ -21,7 +21,14 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from weightgen.encoders.training import latest_checkpoint, save_checkpoint, warmup_cosine
 from weightgen.encoders.vqvae import WeightVQVAE
 from weightgen.generators.autoregressive import WeightARPipeline, WeightARPrefix
-from weightgen.generators.training import GeneratorTrainConfig, load_encoded_zoo, sample_batch, save_pipeline, task_kinds
+from weightgen.generators.training import (
+    GeneratorTrainConfig,
+    load_encoded_zoo,
+    load_encoder,
+    sample_batch,
+    save_pipeline,
+    task_kinds,
+)
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,7 @@ def main(cfg: ARConfig) -> None:
     torch.manual_seed(cfg.seed)  # same init on every process
 
     # 1. Data: VQ ids of every non-held-out model, and every training prompt embedded once.
-    tokenizer = WeightVQVAE.from_pretrained(cfg.tokenizer).eval().requires_grad_(False)
+    tokenizer = load_encoder(cfg.tokenizer, WeightVQVAE)
     data, table = load_encoded_zoo(cfg, tokenizer, cfg.tokenizer, tokenizer.encode)
     prefix = WeightARPrefix(text_dim=table.tokens.shape[-1], hidden_size=cfg.hidden_size, prefix_len=cfg.prefix_len,
                             n_archs=len(tokenizer.arch_specs), ids_per_token=tokenizer.ids_per_token,

@@ -28,6 +28,7 @@ from weightgen.generators.training import (
     GeneratorTrainConfig,
     drop_mask,
     load_encoded_zoo,
+    load_encoder,
     sample_batch,
     save_pipeline,
     task_kinds,
@@ -43,6 +44,7 @@ class DiffusionConfig(GeneratorTrainConfig):
     num_layers: int = 4  # transformer blocks
     num_attention_heads: int = 4
     attention_head_dim: int = 32
+    pooled_conditioning: bool = True  # also feed the mean prompt state to the adaptive norms
     prediction_type: str = "v_prediction"  # epsilon | sample | v_prediction (why v: generators/diffusion.py)
     beta_schedule: str = "squaredcos_cap_v2"
     num_train_timesteps: int = 1000
@@ -59,14 +61,15 @@ def main(cfg: DiffusionConfig) -> None:
     torch.manual_seed(cfg.seed)  # same init on every process
 
     # 1. Data: autoencoder latents of every non-held-out model, and every training prompt embedded once.
-    encoder = WeightAutoencoder.from_pretrained(cfg.encoder).eval().requires_grad_(False)
+    encoder = load_encoder(cfg.encoder, WeightAutoencoder)
     data, table = load_encoded_zoo(cfg, encoder, cfg.encoder, encoder.encode)
     denoiser = WeightDiT(latent_dim=encoder.config.latent_dim, n_archs=len(encoder.arch_specs),
                          n_layers=int(encoder.meta_embed.layer.num_embeddings),
                          n_positions=int(encoder.meta_embed.position.num_embeddings),
                          num_layers=cfg.num_layers, num_attention_heads=cfg.num_attention_heads,
                          attention_head_dim=cfg.attention_head_dim, text_dim=table.tokens.shape[-1],
-                         max_tokens=max(d.codes.shape[1] for d in data), task_kinds=task_kinds(data))
+                         max_tokens=max(d.codes.shape[1] for d in data), task_kinds=task_kinds(data),
+                         pooled_conditioning=cfg.pooled_conditioning)
     for d in data:  # the denoiser works on per-slot standardised latents
         denoiser.set_latent_stats(d.index, d.codes)
         d.codes = denoiser.standardize(d.codes, d.index)

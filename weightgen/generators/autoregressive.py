@@ -55,7 +55,7 @@ class WeightARPrefix(ModelMixin, ConfigMixin):
         n_archs: int = 1,
         ids_per_token: int = 4,
         codebook_size: int = 256,
-        task_kinds: tuple[str, ...] = ("digits-subset",),
+        task_kinds: list[str] | None = None,  # kinds trained on (others are refused); None = any
     ):
         super().__init__()
         self.proj = nn.Sequential(nn.Linear(text_dim, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size))
@@ -146,7 +146,7 @@ class WeightARPipeline(DiffusionPipeline):
         check_range("temperature", temperature, 0.0, 10.0)
         check_range("top_k", top_k, 0, self.tokenizer.codebook_size, integer=True)
         check_range("top_p", top_p, 1e-6, 1.0)
-        req = resolve_request(prompt, arch, self.archs, list(self.prefix.config.task_kinds))
+        req = resolve_request(prompt, arch, self.archs, self.prefix.config.task_kinds)
         g = sample_generator(generator)
         arch_index = self.tokenizer.stats.index[req.arch.slug]
         steps = self.tokenizer.stats.layout(req.arch).num_tokens * self.prefix.config.ids_per_token

@@ -49,7 +49,8 @@ class Request:
     text: str  # conditioning text: the prompt, with the arch appended if it did not name one
 
 
-def resolve_request(prompt: str, arch: ArchSpec | str | None, archs: list[ArchSpec], task_kinds: list[str]) -> Request:
+def resolve_request(prompt: str, arch: ArchSpec | str | None, archs: list[ArchSpec],
+                    task_kinds: list[str] | None = None) -> Request:
     """Check a prompt + arch against what a generator was trained on (see the module docstring)."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise TaskError("the prompt is empty; describe a task such as 'classify digits 3, 5 and 8'")
@@ -58,12 +59,17 @@ def resolve_request(prompt: str, arch: ArchSpec | str | None, archs: list[ArchSp
         task = parse_prompt(prompt)
     except TaskError:
         task = None
-    if task is not None and task.kind not in task_kinds:
+    if task is not None and task_kinds is not None and task.kind not in task_kinds:
         raise TaskError(f"this generator was trained on {', '.join(task_kinds)} tasks only, so it cannot produce "
                         f"'{task.id}'")
     in_prompt, _ = find_arch(prompt)
     if isinstance(arch, str):
         arch = ArchSpec.parse(arch)
+    if arch is not None and not isinstance(arch, ArchSpec):
+        raise ArchError(f"arch must be an ArchSpec or a text such as 'MLP 64-32-3', got {arch!r}")
+    if arch is not None and in_prompt is not None and arch != in_prompt:
+        raise ArchError(f"the prompt asks for {in_prompt.article} {in_prompt.describe()} but the arch argument "
+                        f"is {arch.describe()}; give one of them")
     arch = arch or in_prompt
     if arch is None:
         if task is None:

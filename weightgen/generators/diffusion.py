@@ -89,7 +89,7 @@ class WeightDiffusionPipeline(DiffusionPipeline):
         check_range("num_inference_steps", num_inference_steps, 1, self.scheduler.config.num_train_timesteps,
                     integer=True)
         check_range("guidance_scale", guidance_scale, 0.0, 20.0)
-        req = resolve_request(prompt, arch, self.archs, list(self.denoiser.config.task_kinds))
+        req = resolve_request(prompt, arch, self.archs, self.denoiser.config.task_kinds)
         g = sample_generator(generator)
         device, dtype = self.denoiser.device, self.denoiser.dtype
         arch_index = self.encoder.stats.index[req.arch.slug]

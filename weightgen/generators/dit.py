@@ -44,7 +44,8 @@ class WeightDiT(ModelMixin, ConfigMixin):
         attention_head_dim: int = 32,
         text_dim: int = 384,
         max_tokens: int = 1,
-        task_kinds: tuple[str, ...] = ("digits-subset",),
+        task_kinds: list[str] | None = None,  # kinds trained on (others are refused); None = any
+        pooled_conditioning: bool = True,
     ):
         super().__init__()
         dim = num_attention_heads * attention_head_dim
@@ -53,6 +54,9 @@ class WeightDiT(ModelMixin, ConfigMixin):
         self.text_proj = nn.Linear(text_dim, dim)
         self.null_text = nn.Parameter(torch.zeros(1, 1, text_dim))  # the "no prompt" of guidance
         self.adaln_single = AdaLayerNormSingle(dim)
+        # the prompt's mean token state joins the timestep in the adaptive norms: a global signal
+        # every block sees from the first step, beside the slower-to-learn cross-attention
+        self.pooled_proj = nn.Linear(text_dim, dim) if pooled_conditioning else None
         self.blocks = nn.ModuleList(
             BasicTransformerBlock(dim, num_attention_heads, attention_head_dim, cross_attention_dim=dim,
                                   activation_fn="gelu-approximate", norm_type="ada_norm_single",
@@ -107,8 +111,13 @@ class WeightDiT(ModelMixin, ConfigMixin):
         h = self.proj_in(latents)  # (B, T, dim)
         h = h + self.meta_embed(arch_index.repeat_interleave(t), meta.reshape(b * t, 3)).view(b, t, -1)
         text = self.text_proj(text_tokens)  # (B, L, dim)
-        t_emb, embedded_t = self.adaln_single(timestep, {"resolution": None, "aspect_ratio": None}, batch_size=b,
-                                              hidden_dtype=h.dtype)
+        embedded_t = self.adaln_single.emb(timestep, resolution=None, aspect_ratio=None, batch_size=b,
+                                           hidden_dtype=h.dtype)
+        if self.pooled_proj is not None:
+            weights = text_mask.to(text_tokens.dtype)[..., None]
+            pooled = (text_tokens * weights).sum(1) / weights.sum(1).clamp_min(1)
+            embedded_t = embedded_t + self.pooled_proj(pooled)
+        t_emb = self.adaln_single.linear(self.adaln_single.silu(embedded_t))
         for block in self.blocks:
             h = block(h, attention_mask=_mask_bias(token_mask), encoder_hidden_states=text,
                       encoder_attention_mask=_mask_bias(text_mask), timestep=t_emb)

@@ -57,6 +57,22 @@ class PromptTable:
     texts: list[str]
 
 
+def load_encoder(path: str | Path, cls):
+    """A trained encoder folder of the expected kind (WeightAutoencoder or WeightVQVAE), frozen."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        raise GeneratorError(f"no trained encoder at {path}; train one with train/train_autoencoder.py "
+                             "(diffusion) or train/train_tokenizer.py (autoregressive)")
+    try:
+        kind = json.loads(config.read_text()).get("_class_name")
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise GeneratorError(f"{config} is not a readable encoder config") from e
+    if kind != cls.__name__:
+        raise GeneratorError(f"{path} holds a {kind}, but this generator needs a {cls.__name__}")
+    encoder_settings(path)  # fail before loading if the zoo it was trained on is unknown
+    return cls.from_pretrained(str(path)).eval().requires_grad_(False)
+
+
 def encoder_settings(encoder_dir: str | Path) -> dict:
     """The zoo and canonical flag an encoder was trained with (its train_config.json)."""
     path = Path(encoder_dir) / "train_config.json"
@@ -94,9 +110,9 @@ def load_encoded_zoo(cfg: GeneratorTrainConfig, encoder, encoder_dir: str, encod
     return data, embed_prompts(list(texts))
 
 
-def task_kinds(data: list[ArchData]) -> tuple[str, ...]:
+def task_kinds(data: list[ArchData]) -> list[str]:
     """The task kinds a generator sees in training (it refuses requests for others)."""
-    return tuple(sorted({get_task(r["task"]).kind for d in data for r in d.records}))
+    return list(sorted({get_task(r["task"]).kind for d in data for r in d.records}))
 
 
 def embed_prompts(texts: list[str], chunk: int = 256) -> PromptTable:
