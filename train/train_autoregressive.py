@@ -66,6 +66,7 @@ def main(cfg: ARConfig) -> None:
     prefix = WeightARPrefix(text_dim=table.tokens.shape[-1], hidden_size=cfg.hidden_size, prefix_len=cfg.prefix_len,
                             n_archs=len(tokenizer.arch_specs), ids_per_token=tokenizer.ids_per_token,
                             codebook_size=tokenizer.codebook_size, task_kinds=task_kinds(data))
+    prefix.set_text_stats(table.tokens, table.mask)
     longest = max(d.codes.shape[1] for d in data) * tokenizer.ids_per_token + 2
     lm = GPT2LMHeadModel(GPT2Config(vocab_size=prefix.vocab_size, n_positions=cfg.prefix_len + longest,
                                     n_embd=cfg.hidden_size, n_layer=cfg.num_layers, n_head=cfg.num_attention_heads,

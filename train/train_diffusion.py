@@ -70,6 +70,7 @@ def main(cfg: DiffusionConfig) -> None:
                          attention_head_dim=cfg.attention_head_dim, text_dim=table.tokens.shape[-1],
                          max_tokens=max(d.codes.shape[1] for d in data), task_kinds=task_kinds(data),
                          pooled_conditioning=cfg.pooled_conditioning)
+    denoiser.set_text_stats(table.tokens, table.mask)
     for d in data:  # the denoiser works on per-slot standardised latents
         denoiser.set_latent_stats(d.index, d.codes)
         d.codes = denoiser.standardize(d.codes, d.index)
