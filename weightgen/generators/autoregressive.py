@@ -18,7 +18,7 @@ describes). Components, saved and loaded together through diffusers' pipeline co
 from __future__ import annotations
 
 import torch
-from diffusers import ConfigMixin, DiffusionPipeline, ModelMixin
+from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 from transformers import GPT2LMHeadModel, LogitsProcessor, LogitsProcessorList
@@ -26,11 +26,10 @@ from transformers import GPT2LMHeadModel, LogitsProcessor, LogitsProcessorList
 from weightgen.encoders.vqvae import WeightVQVAE
 from weightgen.generators.common import (
     GeneratedWeights,
-    check_folder,
+    WeightPipeline,
     check_range,
     resolve_request,
     sample_generator,
-    shared_text_encoder,
 )
 from weightgen.specs import ArchSpec
 
@@ -123,20 +122,13 @@ class ArchLayoutProcessor(LogitsProcessor):
         return scores + allowed
 
 
-class WeightARPipeline(DiffusionPipeline):
+class WeightARPipeline(WeightPipeline):
+    files, train_hint, codec = FILES, TRAIN_HINT, "tokenizer"
+
     def __init__(self, lm: GPT2LMHeadModel, prefix: WeightARPrefix, tokenizer: WeightVQVAE):
         super().__init__()
         self.register_modules(lm=lm, prefix=prefix, tokenizer=tokenizer)
         self.text_encoder = None  # loaded on first use; not a saved component
-
-    @classmethod
-    def from_pretrained(cls, path, **kwargs) -> WeightARPipeline:
-        """Load a folder written by `save_pretrained` (local folders only; errors name what is missing)."""
-        return super().from_pretrained(str(check_folder(path, FILES, TRAIN_HINT)), **kwargs)
-
-    @property
-    def archs(self) -> list[ArchSpec]:
-        return list(self.tokenizer.arch_specs)
 
     @torch.no_grad()
     def __call__(
@@ -161,8 +153,7 @@ class WeightARPipeline(DiffusionPipeline):
         g = sample_generator(generator)
         arch_index = self.tokenizer.stats.index[req.arch.slug]
         steps = self.tokenizer.stats.layout(req.arch).num_tokens * self.prefix.config.ids_per_token
-        self.text_encoder = self.text_encoder or shared_text_encoder()
-        emb = self.text_encoder.encode([req.text])
+        emb = self._text(req.text)
         device = self.lm.device
         head = torch.tensor([[BOS, 2 + arch_index]], device=device)
         ids = []
@@ -183,6 +174,3 @@ class WeightARPipeline(DiffusionPipeline):
             ids.append(self.prefix.to_ids(codes[:, -steps:]))
         flat = self.tokenizer.decode(torch.cat(ids).to(self.tokenizer.device), req.arch).float().cpu()
         return GeneratedWeights(req.arch, req.task, req.text, flat, flat.isfinite().all(1))
-
-    def _progress(self, iterable, show: bool):
-        return self.progress_bar(iterable) if show else iterable

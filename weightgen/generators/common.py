@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from diffusers import DiffusionPipeline
 
 from weightgen.errors import ArchError, GeneratorError, TaskError
 from weightgen.specs import ArchSpec, find_arch
@@ -129,3 +130,32 @@ def sample_generator(generator: torch.Generator | int | None) -> torch.Generator
     else:
         g.manual_seed(int(generator))
     return g
+
+
+class WeightPipeline(DiffusionPipeline):
+    """What both pipelines share: checked loading, the archs they can produce, the lazily loaded
+    text encoder. Subclasses set `files` (component -> required files), `train_hint` and `codec`
+    (the component that encodes and decodes weights)."""
+
+    files: dict[str, list[str]] = {}
+    train_hint: str = ""
+    codec: str = ""
+
+    @classmethod
+    def from_pretrained(cls, path, **kwargs):
+        """Load a folder written by `save_pretrained` (local folders only; errors name what is missing)."""
+        return super().from_pretrained(str(check_folder(path, cls.files, cls.train_hint)), **kwargs)
+
+    @property
+    def archs(self) -> list[ArchSpec]:
+        """What this generator can produce."""
+        return list(getattr(self, self.codec).arch_specs)
+
+    def _text(self, text: str):
+        """The conditioning text's embedding; `self.text_encoder` may be set to another TextEncoder."""
+        if getattr(self, "text_encoder", None) is None:
+            self.text_encoder = shared_text_encoder()
+        return self.text_encoder.encode([text])
+
+    def _progress(self, iterable, show: bool):
+        return self.progress_bar(iterable) if show else iterable

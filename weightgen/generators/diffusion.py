@@ -22,17 +22,15 @@ null prompt with probability `cond_dropout`; sampling runs both and extrapolates
 from __future__ import annotations
 
 import torch
-from diffusers import DiffusionPipeline
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from weightgen.encoders.autoencoder import WeightAutoencoder  # noqa: F401  (diffusers resolves it from sys.modules)
 from weightgen.generators.common import (
     GeneratedWeights,
-    check_folder,
+    WeightPipeline,
     check_range,
     resolve_request,
     sample_generator,
-    shared_text_encoder,
 )
 from weightgen.generators.dit import WeightDiT  # noqa: F401  (diffusers resolves it from sys.modules)
 from weightgen.specs import ArchSpec
@@ -55,21 +53,13 @@ def with_null_prompt(tokens: torch.Tensor, mask: torch.Tensor, null: torch.Tenso
     return torch.where(drop[:, None, None], null_tokens, tokens), torch.where(drop[:, None], first, mask)
 
 
-class WeightDiffusionPipeline(DiffusionPipeline):
+class WeightDiffusionPipeline(WeightPipeline):
+    files, train_hint, codec = FILES, TRAIN_HINT, "encoder"
+
     def __init__(self, denoiser: WeightDiT, scheduler: SchedulerMixin, encoder: WeightAutoencoder):
         super().__init__()
         self.register_modules(denoiser=denoiser, scheduler=scheduler, encoder=encoder)
         self.text_encoder = None  # loaded on first use; not a saved component
-
-    @classmethod
-    def from_pretrained(cls, path, **kwargs) -> WeightDiffusionPipeline:
-        """Load a folder written by `save_pretrained` (local folders only; errors name what is missing)."""
-        return super().from_pretrained(str(check_folder(path, FILES, TRAIN_HINT)), **kwargs)
-
-    @property
-    def archs(self) -> list[ArchSpec]:
-        """What this generator can produce."""
-        return list(self.encoder.arch_specs)
 
     @torch.no_grad()
     def __call__(
@@ -98,8 +88,7 @@ class WeightDiffusionPipeline(DiffusionPipeline):
         # all starting noise is drawn up front, so samples do not depend on batch_size
         noise = torch.randn(shape, generator=g, dtype=torch.float32).to(device, dtype)
 
-        self.text_encoder = self.text_encoder or shared_text_encoder()
-        emb = self.text_encoder.encode([req.text])
+        emb = self._text(req.text)
         meta = layout.metadata.to(device)
         latents = []
         for start in self._progress(range(0, num_samples, batch_size), progress):
@@ -132,6 +121,3 @@ class WeightDiffusionPipeline(DiffusionPipeline):
                 out = uncond + guidance * (cond - uncond)
             x = self.scheduler.step(out, t, x, generator=g).prev_sample
         return x
-
-    def _progress(self, iterable, show: bool):
-        return self.progress_bar(iterable) if show else iterable
