@@ -26,6 +26,7 @@ from transformers import GPT2LMHeadModel, LogitsProcessor, LogitsProcessorList
 from weightgen.encoders.vqvae import WeightVQVAE
 from weightgen.generators.common import (
     GeneratedWeights,
+    TextStatsMixin,
     WeightPipeline,
     check_range,
     resolve_request,
@@ -42,7 +43,7 @@ FILES = {
 PAD, BOS = 0, 1
 
 
-class WeightARPrefix(ModelMixin, ConfigMixin):
+class WeightARPrefix(ModelMixin, ConfigMixin, TextStatsMixin):
     """Prompt -> prefix embeddings, and the vocabulary layout shared by training and sampling."""
 
     @register_to_config
@@ -58,16 +59,7 @@ class WeightARPrefix(ModelMixin, ConfigMixin):
     ):
         super().__init__()
         self.proj = nn.Sequential(nn.Linear(text_dim, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size))
-        # prompts of different tasks differ by little in raw MiniLM space: standardise each dimension
-        self.register_buffer("text_mean", torch.zeros(text_dim))
-        self.register_buffer("text_std", torch.ones(text_dim))
-
-    @torch.no_grad()
-    def set_text_stats(self, tokens: torch.Tensor, mask: torch.Tensor) -> None:
-        """Fit the text standardisation on the training prompts' token states (P, L, D) + mask (P, L)."""
-        real = tokens[mask]
-        self.text_mean.copy_(real.mean(0))
-        self.text_std.copy_(real.std(0).clamp_min(1e-4))
+        self._register_text_stats(text_dim)
 
     @property
     def code_offset(self) -> int:
@@ -99,7 +91,7 @@ class WeightARPrefix(ModelMixin, ConfigMixin):
         pad = p - text.shape[1]
         text = nn.functional.pad(text, (0, 0, 0, pad))
         text_mask = nn.functional.pad(text_mask, (0, pad))
-        text = (text.to(self.dtype) - self.text_mean) / self.text_std
+        text = self.standardize_text(text.to(self.dtype))
         prefix = self.proj(text) * text_mask[..., None]
         embeds = torch.cat([prefix.to(lm.dtype), lm.get_input_embeddings()(tokens)], 1)
         mask = torch.cat([text_mask.long(), torch.ones_like(tokens)], 1)

@@ -22,6 +22,26 @@ from weightgen.tasks import TaskSpec, parse_prompt
 from weightgen.text import TextEncoder
 
 
+class TextStatsMixin:
+    """Per-dimension standardisation of prompt token states, for an nn.Module. Prompts of different
+    tasks differ by little in raw MiniLM space, so the states are standardised before they condition
+    anything; the statistics are buffers (saved with the weights), fitted once on the training prompts."""
+
+    def _register_text_stats(self, text_dim: int) -> None:
+        self.register_buffer("text_mean", torch.zeros(text_dim))
+        self.register_buffer("text_std", torch.ones(text_dim))
+
+    @torch.no_grad()
+    def set_text_stats(self, tokens: torch.Tensor, mask: torch.Tensor) -> None:
+        """Fit on the training prompts' token states (P, L, D) + mask (P, L)."""
+        real = tokens[mask]
+        self.text_mean.copy_(real.mean(0))
+        self.text_std.copy_(real.std(0).clamp_min(1e-4))
+
+    def standardize_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return (tokens - self.text_mean) / self.text_std
+
+
 @dataclass
 class GeneratedWeights:
     """Samples of one request, decoded. Non-finite samples are kept and flagged, never dropped."""

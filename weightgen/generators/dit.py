@@ -22,6 +22,7 @@ from diffusers.models.normalization import AdaLayerNormSingle
 from torch import nn
 
 from weightgen.encoders.base import MetaEmbedding
+from weightgen.generators.common import TextStatsMixin
 
 
 def _mask_bias(mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -31,7 +32,7 @@ def _mask_bias(mask: torch.Tensor | None) -> torch.Tensor | None:
     return (1.0 - mask.float()).mul(-10000.0).unsqueeze(1)
 
 
-class WeightDiT(ModelMixin, ConfigMixin):
+class WeightDiT(ModelMixin, ConfigMixin, TextStatsMixin):
     @register_to_config
     def __init__(
         self,
@@ -70,17 +71,7 @@ class WeightDiT(ModelMixin, ConfigMixin):
         # noise has the same meaning in every slot (saved with the weights; set once before training)
         self.register_buffer("latent_mean", torch.zeros(n_archs, max_tokens, latent_dim))
         self.register_buffer("latent_std", torch.ones(n_archs, max_tokens, latent_dim))
-        # per-dimension statistics of the prompts' token states: prompts of different tasks differ
-        # by little in raw MiniLM space, so the states are standardised before they condition anything
-        self.register_buffer("text_mean", torch.zeros(text_dim))
-        self.register_buffer("text_std", torch.ones(text_dim))
-
-    @torch.no_grad()
-    def set_text_stats(self, tokens: torch.Tensor, mask: torch.Tensor) -> None:
-        """Fit the text standardisation on the training prompts' token states (P, L, D) + mask (P, L)."""
-        real = tokens[mask]
-        self.text_mean.copy_(real.mean(0))
-        self.text_std.copy_(real.std(0).clamp_min(1e-4))
+        self._register_text_stats(text_dim)
 
     @torch.no_grad()
     def set_latent_stats(self, arch_index: int, latents: torch.Tensor, floor: float = 0.1) -> None:
@@ -121,7 +112,7 @@ class WeightDiT(ModelMixin, ConfigMixin):
         b, t, _ = latents.shape
         h = self.proj_in(latents)  # (B, T, dim)
         h = h + self.meta_embed(arch_index.repeat_interleave(t), meta.reshape(b * t, 3)).view(b, t, -1)
-        text_tokens = (text_tokens - self.text_mean) / self.text_std
+        text_tokens = self.standardize_text(text_tokens)
         text = self.text_proj(text_tokens)  # (B, L, dim)
         embedded_t = self.adaln_single.emb(timestep, resolution=None, aspect_ratio=None, batch_size=b,
                                            hidden_dtype=h.dtype)
