@@ -73,3 +73,51 @@ def test_save_pretrained_round_trip(model, inputs, tmp_path):
 
     assert init_args(loaded) == init_args(model)
     assert torch.equal(loaded(**inputs), model(**inputs))
+
+
+def _coded_model(code_dim: int = 12, max_tokens: int = T):
+    torch.manual_seed(0)
+    return WeightDiT(latent_dim=D, n_archs=3, n_layers=4, n_positions=64, num_layers=1, num_attention_heads=2,
+                     attention_head_dim=8, max_tokens=max_tokens, task_code_dim=code_dim).eval()
+
+
+def test_conditional_mean_recovers_a_linear_map_of_the_task_code():
+    model, g = _coded_model(), torch.Generator().manual_seed(3)
+    codes = (torch.rand(200, 12, generator=g) < 0.3).float()
+    weight, bias = torch.randn(12, T - 2, D, generator=g), torch.randn(T - 2, D, generator=g)
+    latents = torch.einsum("nc,ctd->ntd", codes, weight) + bias + 0.01 * torch.randn(200, T - 2, D, generator=g)
+    model.set_latent_stats(1, latents, codes, ridge=1e-3)
+    fresh = (torch.rand(5, 12, generator=g) < 0.3).float()  # codes it never saw
+    expected = torch.einsum("nc,ctd->ntd", fresh, weight) + bias
+    assert torch.allclose(model.conditional_mean(1, fresh, T - 2), expected, atol=0.05)
+    # what is left is the noise: residual stds near 0.01, and the round trip is exact
+    assert model.latent_std[1, : T - 2].median() < 0.02
+    x = model.standardize(latents, 1, codes)
+    assert torch.allclose(model.destandardize(x, 1, codes), latents, atol=1e-4)
+    # the other arch is untouched, and no code means the arch's mean
+    assert torch.equal(model.latent_mean[0], torch.zeros(T, D))
+    assert torch.allclose(model.conditional_mean(1, None, T - 2)[0], latents.mean(0))
+
+
+def test_code_conditioned_denoiser_needs_codes_and_reads_them(inputs):
+    model = _coded_model()
+    with pytest.raises(ValueError, match="task codes"):
+        model.set_latent_stats(0, torch.randn(4, T, D))
+    code = torch.zeros(B, 12)
+    other = code.clone()
+    other[:, 3] = 1
+    out = model(**inputs, task_code=code)
+    assert (model(**inputs, task_code=other) - out).abs().max() > 1e-3
+    model.train()
+    model(**inputs, task_code=other).pow(2).mean().backward()
+    assert model.code_proj.weight.grad.abs().sum() > 0
+
+
+def test_code_conditioned_round_trip(tmp_path):
+    model, g = _coded_model(), torch.Generator().manual_seed(4)
+    codes = (torch.rand(30, 12, generator=g) < 0.3).float()
+    model.set_latent_stats(0, torch.randn(30, T, D, generator=g), codes)
+    model.save_pretrained(tmp_path)
+    loaded = WeightDiT.from_pretrained(tmp_path)
+    assert torch.equal(loaded.mean_weight, model.mean_weight) and torch.equal(loaded.code_mean, model.code_mean)
+    assert torch.equal(loaded.conditional_mean(0, codes, T), model.conditional_mean(0, codes, T))

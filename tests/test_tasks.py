@@ -11,7 +11,7 @@ import torch
 
 from weightgen import tasks
 from weightgen.errors import TaskError
-from weightgen.tasks import SPLITS, TaskSpec, get_task, subset_task
+from weightgen.tasks import SPLITS, TaskSpec, all_subset_tasks, get_task, subset_task
 
 # one task of every kind (and the edge forms of ids: negative angle, fractional level, all ten digits)
 TASK_IDS = [
@@ -212,3 +212,18 @@ def test_bad_task_ids():
 def test_negative_noise_is_a_task_error():
     with pytest.raises(TaskError):
         get_task("digits-noise--0.3").split("train")
+
+
+def test_task_code_layout():
+    from weightgen.tasks import TASK_CODE_DIM, task_code
+
+    code = task_code(get_task("digits-subset-3-5-8"))
+    assert code.shape == (TASK_CODE_DIM,) and code.nonzero().flatten().tolist() == [3, 15, 28]
+    rotate = task_code(get_task("digits-rotate-45"))
+    assert rotate[[10 * c + c for c in range(10)]].eq(1).all() and rotate[100] == 1 and rotate[104] == 0.5
+    assert task_code(get_task("digits-invert"))[102] == 1
+    assert task_code(get_task("wine")).nonzero().flatten().tolist() == [106]
+    assert not task_code(get_task("digits-image-3")).any()
+    # every subset task has its own code
+    codes = {tuple(task_code(t).tolist()) for k in (2, 3) for t in all_subset_tasks(k)}
+    assert len(codes) == 45 + 120

@@ -23,7 +23,7 @@ from weightgen.encoders.training import latest_checkpoint
 from weightgen.generators.autoregressive import WeightARPipeline
 from weightgen.generators.diffusion import WeightDiffusionPipeline
 from weightgen.generators.training import encoder_settings, load_encoded_zoo, sample_batch, task_kinds
-from weightgen.tasks import get_task
+from weightgen.tasks import get_task, task_code
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")  # tiny models on busy shared cores
 
@@ -301,8 +301,9 @@ def test_encoded_zoo_holds_every_arch_without_held_out_models(train_script, debu
         assert d.index == encoder.stats.index[d.arch.slug]
         assert d.codes.shape[:2] == (len(d.records), encoder.stats.layout(d.arch).num_tokens)
         assert d.prompts.shape[0] == len(d.records)
-        for record, row in zip(d.records, d.prompts.tolist()):
+        for record, row, code in zip(d.records, d.prompts.tolist(), d.task_codes):
             assert record["task"] != HELD_OUT and record["arch"] == d.arch.slug
+            assert torch.equal(code, task_code(get_task(record["task"])))
             texts = [table.texts[i] for i in row if i >= 0]
             expected = [f"{t} with {d.arch.article} {d.arch.describe()}" for t in get_task(record["task"]).descriptions]
             assert texts == expected
@@ -311,7 +312,7 @@ def test_encoded_zoo_holds_every_arch_without_held_out_models(train_script, debu
     # batches are reproducible from (seed, rank, step) and differ between ranks and steps
     a, b = sample_batch(data, table, 6, 5, 0, 0), sample_batch(data, table, 6, 5, 0, 0)
     assert a[0] is b[0] and all(torch.equal(x, y) for x, y in zip(a[1:], b[1:]))
-    assert a[1].shape[0] == a[2].shape[0] == a[3].shape[0] == 6
+    assert a[1].shape[0] == a[2].shape[0] == a[3].shape[0] == a[4].shape[0] == 6
     others = [sample_batch(data, table, 6, 5, 0, 1), sample_batch(data, table, 6, 6, 0, 0)]
     for other in others:
         assert other[0] is not a[0] or not torch.equal(other[1], a[1])

@@ -29,6 +29,7 @@ from weightgen.generators.training import (
     save_pipeline,
     task_kinds,
 )
+from weightgen.tasks import TASK_CODE_DIM
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class ARConfig(GeneratorTrainConfig):
     num_attention_heads: int = 4
     prefix_len: int = 32  # prompt token states kept as prefix embeddings
     dropout: float = 0.0
+    task_code: bool = True  # the task's structure joins the prompt prefix (generators/autoregressive.py)
 
 
 class ARModel(torch.nn.Module):
@@ -49,9 +51,9 @@ class ARModel(torch.nn.Module):
         super().__init__()
         self.lm, self.prefix = lm, prefix
 
-    def forward(self, text: torch.Tensor, text_mask: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+    def forward(self, text: torch.Tensor, text_mask: torch.Tensor, seq: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """Next-id loss over the codes of seq ([BOS] [ARCH] codes); prefix and head are not scored."""
-        embeds, attention = self.prefix.embed(self.lm, text, text_mask, seq)
+        embeds, attention = self.prefix.embed(self.lm, text, text_mask, seq, codes)
         skip = torch.full((len(seq), embeds.shape[1] - seq.shape[1] + 2), -100, device=seq.device)
         return self.lm(inputs_embeds=embeds, attention_mask=attention, labels=torch.cat([skip, seq[:, 2:]], 1)).loss
 
@@ -65,7 +67,8 @@ def main(cfg: ARConfig) -> None:
     data, table = load_encoded_zoo(cfg, tokenizer, cfg.tokenizer, tokenizer.encode)
     prefix = WeightARPrefix(text_dim=table.tokens.shape[-1], hidden_size=cfg.hidden_size, prefix_len=cfg.prefix_len,
                             n_archs=len(tokenizer.arch_specs), ids_per_token=tokenizer.ids_per_token,
-                            codebook_size=tokenizer.codebook_size, task_kinds=task_kinds(data))
+                            codebook_size=tokenizer.codebook_size, task_kinds=task_kinds(data),
+                            task_code_dim=TASK_CODE_DIM if cfg.task_code else 0)
     prefix.set_text_stats(table.tokens, table.mask)
     longest = max(d.codes.shape[1] for d in data) * tokenizer.ids_per_token + 2
     lm = GPT2LMHeadModel(GPT2Config(vocab_size=prefix.vocab_size, n_positions=cfg.prefix_len + longest,
@@ -96,11 +99,11 @@ def main(cfg: ARConfig) -> None:
         job = progress.add_task("autoregressive", total=cfg.steps, completed=start)
         for step in range(start, cfg.steps):
             for micro in range(cfg.grad_accum):
-                _, seq, text, mask = sample_batch(data, table, cfg.batch_size, step * cfg.grad_accum + micro,
+                _, seq, text, mask, codes = sample_batch(data, table, cfg.batch_size, step * cfg.grad_accum + micro,
                                                   cfg.seed, rank)
                 seq = seq.to(device)
                 with accelerator.accumulate(model):
-                    loss = model(text.to(device), mask.to(device), seq)
+                    loss = model(text.to(device), mask.to(device), seq, codes.to(device))
                     accelerator.backward(loss)
                     opt.step()
                     opt.zero_grad()

@@ -33,6 +33,7 @@ from weightgen.generators.training import (
     save_pipeline,
     task_kinds,
 )
+from weightgen.tasks import TASK_CODE_DIM
 
 SAMPLERS = {"ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
 
@@ -50,6 +51,8 @@ class DiffusionConfig(GeneratorTrainConfig):
     num_train_timesteps: int = 1000
     cond_dropout: float = 0.1  # share of examples trained with the null prompt (classifier-free guidance)
     sampler: str = "ddim"  # ddim | dpm: the scheduler saved in the pipeline for few-step sampling
+    conditional_mean: bool = True  # diffuse the residual around a task-code ridge mean (generators/dit.py)
+    mean_ridge: float = 1.0  # ridge penalty of that mean
 
 
 def main(cfg: DiffusionConfig) -> None:
@@ -69,11 +72,12 @@ def main(cfg: DiffusionConfig) -> None:
                          num_layers=cfg.num_layers, num_attention_heads=cfg.num_attention_heads,
                          attention_head_dim=cfg.attention_head_dim, text_dim=table.tokens.shape[-1],
                          max_tokens=max(d.codes.shape[1] for d in data), task_kinds=task_kinds(data),
-                         pooled_conditioning=cfg.pooled_conditioning)
+                         pooled_conditioning=cfg.pooled_conditioning,
+                         task_code_dim=TASK_CODE_DIM if cfg.conditional_mean else 0)
     denoiser.set_text_stats(table.tokens, table.mask)
-    for d in data:  # the denoiser works on per-slot standardised latents
-        denoiser.set_latent_stats(d.index, d.codes)
-        d.codes = denoiser.standardize(d.codes, d.index)
+    for d in data:  # the denoiser works on per-slot standardised latents (residuals of the task mean)
+        denoiser.set_latent_stats(d.index, d.codes, d.task_codes, ridge=cfg.mean_ridge)
+        d.codes = denoiser.standardize(d.codes, d.index, d.task_codes)
     noise_sched = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
                                 prediction_type=cfg.prediction_type, clip_sample=False)
 
@@ -97,10 +101,11 @@ def main(cfg: DiffusionConfig) -> None:
         for step in range(start, cfg.steps):
             for micro in range(cfg.grad_accum):
                 key = step * cfg.grad_accum + micro
-                d, x0, text, mask = sample_batch(data, table, cfg.batch_size, key, cfg.seed, rank)
+                d, x0, text, mask, codes = sample_batch(data, table, cfg.batch_size, key, cfg.seed, rank)
                 n = len(x0)
-                text, mask = with_null_prompt(text, mask, accelerator.unwrap_model(model).null_text,
-                                              drop_mask(n, cfg.cond_dropout, key, cfg.seed, rank))
+                drop = drop_mask(n, cfg.cond_dropout, key, cfg.seed, rank)
+                text, mask = with_null_prompt(text, mask, accelerator.unwrap_model(model).null_text, drop)
+                codes = codes * ~drop[:, None]  # the null prompt has no task either
                 g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank * 7919 + key + 1)
                 noise = torch.randn(x0.shape, generator=g)
                 t = torch.randint(cfg.num_train_timesteps, (n,), generator=g)
@@ -111,7 +116,7 @@ def main(cfg: DiffusionConfig) -> None:
                 with accelerator.accumulate(model):
                     out = model(noisy.to(accelerator.device), t.to(accelerator.device), text.to(accelerator.device),
                                 mask.to(accelerator.device), torch.full((n,), d.index, device=accelerator.device),
-                                meta.to(accelerator.device))
+                                meta.to(accelerator.device), task_code=codes.to(accelerator.device))
                     loss = torch.nn.functional.mse_loss(out.float(), target.to(accelerator.device))
                     accelerator.backward(loss)
                     opt.step()

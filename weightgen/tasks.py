@@ -101,6 +101,30 @@ class TaskSpec:
         return parse_prompt(text)
 
 
+# A task's structure as a fixed-length vector, for generators to condition on beside the prompt
+# text: [0, 100) output j is digit c (one-hot at 10 j + c; subset and shift tasks), [100, 104) the
+# shift, 104 its level (degrees / 90 for rotations), [105, 108) the tabular set. Image-fitting tasks
+# have no structure beyond their text and get zeros. The layout is part of saved generators: append
+# new sections, never reorder.
+TASK_CODE_DIM = 108
+_SHIFT_ORDER = ("rotate", "noise", "invert", "blur")
+_TABULAR_ORDER = ("iris", "wine", "breast-cancer")
+
+
+def task_code(task: TaskSpec) -> torch.Tensor:
+    """(TASK_CODE_DIM,) float vector of the task's structure (see above)."""
+    code = torch.zeros(TASK_CODE_DIM)
+    if task.kind in ("digits-subset", "digits-shift"):
+        for j, c in enumerate(task.classes or range(10)):
+            code[10 * j + c] = 1.0
+    if task.kind == "digits-shift":
+        code[100 + _SHIFT_ORDER.index(task.shift)] = 1.0
+        code[104] = task.level / 90.0 if task.shift == "rotate" else task.level
+    if task.kind == "tabular":
+        code[105 + _TABULAR_ORDER.index(task.dataset)] = 1.0
+    return code
+
+
 def get_task(task_id: str) -> TaskSpec:
     """The task with this stable id (see the module docstring for the id forms)."""
     tid = task_id.strip().lower()

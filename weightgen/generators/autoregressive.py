@@ -7,7 +7,10 @@ comes next, and a `LogitsProcessor` can restrict each step to the block it must 
 sampled sequence has the right length and kinds for the requested arch, so every sample decodes.
 
 The prompt enters as prefix embeddings: MiniLM token states, padded or cut to `prefix_len`,
-projected to the LM width by `WeightARPrefix` and placed before [BOS] (padding masked out).
+projected to the LM width by `WeightARPrefix` and placed before [BOS] (padding masked out). With
+`task_code_dim > 0` the prompt's task structure (`weightgen.tasks.task_code`) is projected too and
+added to every prefix position: a direct signal of which digit each output is, which the LM did not
+learn to read from the text alone on a CPU budget (benchmarks/RESULTS.md).
 The LM is a GPT-2 (learned absolute positions suit sequences whose position fixes which weight it
 describes). Components, saved and loaded together through diffusers' pipeline container:
 - `lm`: `transformers.GPT2LMHeadModel`;
@@ -33,6 +36,7 @@ from weightgen.generators.common import (
     sample_generator,
 )
 from weightgen.specs import ArchSpec
+from weightgen.tasks import task_code
 
 TRAIN_HINT = "`python train/train_autoregressive.py configs/generator/ar-digits.yaml`"
 FILES = {
@@ -56,9 +60,11 @@ class WeightARPrefix(ModelMixin, ConfigMixin, TextStatsMixin):
         ids_per_token: int = 4,
         codebook_size: int = 256,
         task_kinds: list[str] | None = None,  # kinds trained on (others are refused); None = any
+        task_code_dim: int = 0,  # > 0: the task code joins the prefix (see the module docstring)
     ):
         super().__init__()
         self.proj = nn.Sequential(nn.Linear(text_dim, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size))
+        self.code_proj = nn.Linear(task_code_dim, hidden_size) if task_code_dim else None
         self._register_text_stats(text_dim)
 
     @property
@@ -83,16 +89,23 @@ class WeightARPrefix(ModelMixin, ConfigMixin, TextStatsMixin):
         ids = (codes - self.code_offset).view(len(codes), -1, i)
         return ids - torch.arange(i, device=codes.device) * self.config.codebook_size
 
-    def embed(self, lm: GPT2LMHeadModel, text: torch.Tensor, text_mask: torch.Tensor, tokens: torch.Tensor):
+    def embed(self, lm: GPT2LMHeadModel, text: torch.Tensor, text_mask: torch.Tensor, tokens: torch.Tensor,
+              task_code: torch.Tensor | None = None):
         """(inputs_embeds (B, prefix_len + S, H), attention_mask) for prompt token states (B, L, D)
-        followed by LM tokens (B, S); the prompt is cut or zero-padded to prefix_len, padding masked."""
+        followed by LM tokens (B, S); the prompt is cut or zero-padded to prefix_len, padding masked.
+        task_code (B, task_code_dim), zeros or None = no known task."""
         p = self.config.prefix_len
         text, text_mask = text[:, :p], text_mask[:, :p]
         pad = p - text.shape[1]
         text = nn.functional.pad(text, (0, 0, 0, pad))
         text_mask = nn.functional.pad(text_mask, (0, pad))
         text = self.standardize_text(text.to(self.dtype))
-        prefix = self.proj(text) * text_mask[..., None]
+        prefix = self.proj(text)
+        if self.code_proj is not None:
+            if task_code is None:
+                task_code = torch.zeros(len(text), self.config.task_code_dim, device=text.device)
+            prefix = prefix + self.code_proj(task_code.to(prefix.dtype))[:, None]
+        prefix = prefix * text_mask[..., None]
         embeds = torch.cat([prefix.to(lm.dtype), lm.get_input_embeddings()(tokens)], 1)
         mask = torch.cat([text_mask.long(), torch.ones_like(tokens)], 1)
         return embeds, mask
@@ -148,11 +161,13 @@ class WeightARPipeline(WeightPipeline):
         emb = self._text(req.text)
         device = self.lm.device
         head = torch.tensor([[BOS, 2 + arch_index]], device=device)
+        code = None if req.task is None else task_code(req.task)[None].to(device)
         ids = []
         for start in self._progress(range(0, num_samples, batch_size), progress):
             n = min(batch_size, num_samples - start)
             embeds, mask = self.prefix.embed(self.lm, emb.tokens.to(device).expand(n, -1, -1),
-                                             emb.mask.to(device).expand(n, -1), head.expand(n, -1))
+                                             emb.mask.to(device).expand(n, -1), head.expand(n, -1),
+                                             None if code is None else code.expand(n, -1))
             seed = int(torch.randint(2**62, (1,), generator=g))
             # generate() samples from the global RNG: seed it from our generator, and restore it after
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

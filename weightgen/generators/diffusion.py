@@ -34,6 +34,7 @@ from weightgen.generators.common import (
 )
 from weightgen.generators.dit import WeightDiT  # noqa: F401  (diffusers resolves it from sys.modules)
 from weightgen.specs import ArchSpec
+from weightgen.tasks import TASK_CODE_DIM, task_code
 
 TRAIN_HINT = "`python train/train_diffusion.py configs/generator/diffusion-digits.yaml`"
 FILES = {
@@ -90,24 +91,31 @@ class WeightDiffusionPipeline(WeightPipeline):
 
         emb = self._text(req.text)
         meta = layout.metadata.to(device)
+        # the task's structure, where the prompt names a task (else the denoiser's zoo-mean default)
+        code = None if req.task is None else task_code(req.task)[None].to(device)
         latents = []
         for start in self._progress(range(0, num_samples, batch_size), progress):
             x = noise[start : start + batch_size] * self.scheduler.init_noise_sigma
-            latents.append(self._denoise(x, emb, arch_index, meta, num_inference_steps, guidance_scale, g))
-        latents = self.denoiser.destandardize(torch.cat(latents).float(), arch_index)
+            latents.append(self._denoise(x, emb, code, arch_index, meta, num_inference_steps, guidance_scale, g))
+        codes = None if code is None else code.expand(num_samples, -1)
+        latents = self.denoiser.destandardize(torch.cat(latents).float(), arch_index, codes)
         flat = self.encoder.decode(latents.to(self.encoder.dtype), req.arch).float().cpu()
         return GeneratedWeights(req.arch, req.task, req.text, flat, flat.isfinite().all(1))
 
-    def _denoise(self, x, emb, arch_index: int, meta, steps: int, guidance: float, g) -> torch.Tensor:
+    def _denoise(self, x, emb, code, arch_index: int, meta, steps: int, guidance: float, g) -> torch.Tensor:
         n, device, dtype = len(x), x.device, x.dtype
         text = emb.tokens.to(device, dtype).expand(n, -1, -1)
         mask = emb.mask.to(device).expand(n, -1)
+        # the task code the denoiser sees: zeros for "no task", as for the null prompt in training
+        null_code = torch.zeros(n, TASK_CODE_DIM, device=device, dtype=dtype)
+        code = null_code if code is None else code.to(dtype).expand(n, -1)
         if guidance != 1.0:
             null_text, null_mask = with_null_prompt(text, mask, self.denoiser.null_text, torch.ones(n, dtype=torch.bool))
             if guidance == 0.0:  # unconditional only
-                text, mask = null_text, null_mask
+                text, mask, code = null_text, null_mask, null_code
             else:  # unconditional rows first, conditional rows second, in one forward pass
                 text, mask = torch.cat([null_text, text]), torch.cat([null_mask, mask])
+                code = torch.cat([null_code, code])
         rows = len(text)
         index = torch.full((rows,), arch_index, device=device)
         meta = meta.expand(rows, -1, -1)
@@ -115,7 +123,7 @@ class WeightDiffusionPipeline(WeightPipeline):
         for t in self.scheduler.timesteps:
             inp = self.scheduler.scale_model_input(x, t)
             inp = inp.repeat(rows // n, 1, 1)
-            out = self.denoiser(inp, t.expand(rows), text, mask, index, meta)
+            out = self.denoiser(inp, t.expand(rows), text, mask, index, meta, task_code=code)
             if rows == 2 * n:
                 uncond, cond = out.chunk(2)
                 out = uncond + guidance * (cond - uncond)

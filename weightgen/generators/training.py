@@ -21,7 +21,7 @@ from weightgen.config import to_dict
 from weightgen.errors import GeneratorError
 from weightgen.space.dataset import zoo_weights
 from weightgen.specs import ArchSpec
-from weightgen.tasks import get_task
+from weightgen.tasks import get_task, task_code
 from weightgen.text import TextEncoder
 from weightgen.zoo.store import ZooStore
 
@@ -48,6 +48,7 @@ class ArchData:
     codes: torch.Tensor  # (N, T, ...) encoded non-held-out models: latents or ids
     prompts: torch.Tensor  # (N, max paraphrases) rows into the prompt table, -1 = none
     records: list[dict]
+    task_codes: torch.Tensor  # (N, TASK_CODE_DIM) weightgen.tasks.task_code of each model's task
 
 
 @dataclass
@@ -103,8 +104,9 @@ def load_encoded_zoo(cfg: GeneratorTrainConfig, encoder, encoder_dir: str, encod
             rows.append([texts.setdefault(f"{d} with {w.arch.article} {w.arch.describe()}", len(texts)) for d in descs])
         width = max(len(r) for r in rows)
         prompts = torch.tensor([r + [-1] * (width - len(r)) for r in rows])
+        codes = torch.stack([task_code(get_task(r["task"])) for r in w.train_records])
         data.append(ArchData(w.arch, encoder.stats.index[w.arch.slug], encode(w.train, w.arch), prompts,
-                             w.train_records))
+                             w.train_records, codes))
     if not data:
         raise GeneratorError(f"zoo {store.root} has no non-held-out models to train on")
     return data, embed_prompts(list(texts))
@@ -129,7 +131,7 @@ def embed_prompts(texts: list[str], chunk: int = 256) -> PromptTable:
 def sample_batch(data: list[ArchData], table: PromptTable, n: int, step: int, seed: int, rank: int):
     """n models of one arch (drawn in proportion to each arch's share of the zoo), each with one of its
     prompts at random. Seeded by (seed, rank, step), so a resumed run draws the same batches.
-    Returns (arch data, codes (n, T, ...), text tokens (n, L, D), text mask (n, L))."""
+    Returns (arch data, codes (n, T, ...), text tokens (n, L, D), text mask (n, L), task codes (n, F))."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + rank * 7919 + step)
     sizes = torch.tensor([len(d.codes) for d in data], dtype=torch.float)
     d = data[int(torch.multinomial(sizes, 1, generator=g))]
@@ -138,7 +140,7 @@ def sample_batch(data: list[ArchData], table: PromptTable, n: int, step: int, se
     count = (choices >= 0).sum(1)
     pick = (torch.rand(n, generator=g) * count).long()
     prompt = choices[torch.arange(n), pick]
-    return d, d.codes[rows], table.tokens[prompt], table.mask[prompt]
+    return d, d.codes[rows], table.tokens[prompt], table.mask[prompt], d.task_codes[rows]
 
 
 def drop_mask(n: int, p: float, step: int, seed: int, rank: int) -> torch.Tensor:
