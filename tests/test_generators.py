@@ -253,6 +253,16 @@ def test_diffusion_guidance_zero_ignores_the_prompt_text(pipes):
     assert not torch.equal(conditional[0].flat, conditional[1].flat)
 
 
+def test_diffusion_temperature_zero_is_one_network_per_task(pipes):
+    pipe = pipes["diffusion"]
+    cold = _sample(pipe, "diffusion", PROMPTS[3], num_samples=3, generator=0, temperature=0.0)
+    assert torch.equal(cold.flat[0], cold.flat[2])
+    assert torch.equal(_sample(pipe, "diffusion", PROMPTS[3], num_samples=3, generator=5, temperature=0.0).flat,
+                       cold.flat)
+    warm = _sample(pipe, "diffusion", PROMPTS[3], num_samples=3, generator=0, temperature=0.5)
+    assert not torch.equal(warm.flat[0], warm.flat[2])
+
+
 def test_ar_greedy_decoding_ignores_the_seed_and_matches_top_k_1(pipes):
     pipe = pipes["autoregressive"]
     greedy = pipe(SMALL, num_samples=2, temperature=0.0, generator=0)
@@ -354,7 +364,8 @@ def test_pipeline_refuses_bad_request(name, pipes, prompt, arch, error, words):
 BAD_ARGUMENTS = {
     "diffusion": [("guidance_scale", -1), ("guidance_scale", 21), ("guidance_scale", math.nan),
                   ("num_inference_steps", 0), ("num_inference_steps", 1001), ("num_inference_steps", 2.5),
-                  ("num_samples", 0), ("num_samples", -3), ("num_samples", True)],
+                  ("num_samples", 0), ("num_samples", -3), ("num_samples", True), ("temperature", -0.1),
+                  ("temperature", 2.5)],
     "autoregressive": [("temperature", -1), ("temperature", 11), ("top_k", -1), ("top_k", 257), ("top_k", 1.5),
                        ("top_p", 0), ("top_p", 1.5), ("num_samples", 0), ("num_samples", 2.0)],
 }
