@@ -156,6 +156,129 @@ def inspect(path: Path = typer.Argument(..., help="Checkpoint file or hub-style 
     console.print(table)
 
 
+@app.command("sample")
+def sample(
+    prompt: str = typer.Argument(..., help='What the network should do, e.g. "classify digits 3, 5 and 8 with an MLP 64-32-3".'),
+    arch: str = typer.Option(None, "--arch", help="Architecture text (default: the prompt's, else the task's default)."),
+    generator: Path = typer.Option(None, "--generator", help="Generator folder (default: the one `weightgen quickstart` built)."),
+    kind: str = typer.Option(None, "--kind", help="ar | diffusion (default: read from --generator, else diffusion)."),
+    num_samples: int = typer.Option(8, "-n", "--num-samples", help="How many networks to generate."),
+    seed: int = typer.Option(0, "--seed", help="Same seed, same samples."),
+    steps: int = typer.Option(None, "--steps", help="Diffusion sampling steps (default 25)."),
+    guidance: float = typer.Option(None, "--guidance", help="Classifier-free guidance scale (diffusion; default 2)."),
+    temperature: float = typer.Option(None, "--temperature", help="AR: softmax temperature; diffusion: starting-noise scale (default 1)."),
+    out: Path = typer.Option(None, "--out", help="Folder for the checkpoints (default runs/samples/TASK-ARCH)."),
+    no_eval: bool = typer.Option(False, "--no-eval", help="Write the checkpoints without evaluating them."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+):
+    """Generate networks for a prompt, write them as checkpoints, and evaluate them on the task."""
+    import json as _json
+
+    from weightgen.generate import check_writable, sample_to_folder
+    from weightgen.generators.common import resolve_request
+    from weightgen.home import load_generator
+
+    if not prompt.strip():
+        raise WeightgenError("the prompt is empty; describe a task such as 'classify digits 3, 5 and 8'")
+    if num_samples < 1:
+        raise WeightgenError(f"-n must be at least 1, got {num_samples}")
+    if out is not None:
+        check_writable(out)  # fail before loading anything
+    _quiet_loading()
+    pipe, found, path = load_generator(generator, kind)
+    req = resolve_request(prompt, arch, pipe.archs)
+    if not as_json and arch is None and find_arch_in(prompt) is None:
+        console.print(f"arch: {req.arch.describe()} (the task's default; pass --arch for another)")
+    out = out or Path("runs/samples") / f"{req.task.id if req.task else 'prompt'}-{req.arch.slug}"
+    run = sample_to_folder(pipe, found, path, prompt, out, arch=req.arch, num_samples=num_samples, seed=seed,
+                           steps=steps, guidance=guidance, temperature=temperature, evaluate=not no_eval)
+    result = {"prompt": prompt, "conditioning": run.samples.prompt, "task": req.task.id if req.task else None,
+              "arch": req.arch.describe(), "generator": str(path), "kind": found, "seed": seed,
+              "num_samples": num_samples, "num_finite": run.samples.num_finite, "out": str(out),
+              "files": [str(f) for f in run.files], "best": str(run.best) if run.best else None,
+              "notes": run.notes, "report": run.report}
+    if as_json:
+        print(_json.dumps(result, allow_nan=False))
+        return
+    _print_sample_report(result)
+
+
+def _quiet_loading() -> None:
+    """No per-component loading bars from diffusers / transformers: the CLI shows its own progress."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
+def find_arch_in(prompt: str):
+    from weightgen.specs import find_arch
+
+    return find_arch(prompt)[0]
+
+
+def _fmt(v, digits: int = 4) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _print_sample_report(result: dict) -> None:
+    report = result["report"]
+    console.print(f"{result['num_finite']} of {result['num_samples']} samples written to {result['out']}"
+                  + (f"; best: {result['best']}" if result["best"] else ""))
+    for note in result["notes"] + (report["notes"] if report else []):
+        console.print(f"[yellow]note:[/] {escape(note)}")
+    if report is None:
+        return
+    gen = report["generated"]
+    table = Table(title=f"{report['task']} with {report['arch']} ({report['metric']}, {report['split']} split)")
+    for col in ("sample", report["metric"], "nearest-zoo distance", "max wrong-set IoU"):
+        table.add_column(col, justify="right")
+    dist = (gen["novelty"]["distance"] or {}).get("per_model") or [None] * len(gen["acc"])
+    iou = (gen["novelty"]["wrong_iou"] or {}).get("per_model") or [None] * len(gen["acc"])
+    for i, (a, d, u) in enumerate(zip(gen["acc"], dist, iou)):
+        mark = " *" if i == report.get("best_sample") else ""
+        table.add_row(f"{i}{mark}", _fmt(a), _fmt(d, 3), _fmt(u, 3))
+    console.print(table)
+    summary = Table(title="comparison (mean over models)")
+    for col in ("models", "n", report["metric"], "median", "min", "max"):
+        summary.add_column(col, justify="right" if col != "models" else "left")
+    rows = [("generated", gen), ("zoo, same task and arch", report.get("zoo")),
+            ("trained from scratch here", report.get("scratch")), ("random init", report.get("random_init"))]
+    for name, group in rows:
+        if group:
+            st = group["stats"]
+            summary.add_row(name, str(st["n"]), _fmt(st["mean"]), _fmt(st["median"]), _fmt(st["min"]), _fmt(st["max"]))
+    console.print(summary)
+    console.print("* best sample by validation accuracy (saved as best/)")
+
+
+@app.command("eval")
+def eval_cmd(
+    paths: list[Path] = typer.Argument(..., help="Checkpoints (.safetensors), hub-style folders, or folders of them."),
+    task: str = typer.Option(None, "--task", help="Task id or prompt (default: each checkpoint's metadata)."),
+    zoo: Path = typer.Option(None, "--zoo", help="Zoo to compare against (zoo statistics and novelty)."),
+    out: Path = typer.Option(Path("report.json"), "--out", help="Where to write the JSON report."),
+    baselines: bool = typer.Option(False, "--baselines", help="Also score the memorisation baselines (slower)."),
+):
+    """Score checkpoints on their task; writes report.json."""
+    import json as _json
+
+    from weightgen import atomic
+    from weightgen.generate import evaluate_paths
+
+    _quiet_loading()
+    report = evaluate_paths(paths, task, zoo, baselines)
+    atomic.write_text(out, _json.dumps(report, indent=1, allow_nan=False))
+    table = Table(title=f"{len(report['checkpoints'])} checkpoints")
+    for col in ("checkpoint", "task", "arch", "accuracy"):
+        table.add_column(col)
+    for c in report["checkpoints"]:
+        table.add_row(escape(c["path"]), c["task"], c["arch"], _fmt(c["acc"]))
+    console.print(table)
+    console.print(f"report: {out}")
+
+
 def run_script(script_main, config_cls, argv: list[str]) -> None:
     """Entry point of a train/ script: `SCRIPT CONFIG [--set key=value ...]`, with bad input
     reported as one sentence and exit status 2, like the CLI."""

@@ -1,0 +1,128 @@
+"""`weightgen sample` and `weightgen eval` end to end on the debug generators, and their bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from weightgen import generate
+from weightgen.checkpoint import load_model, read_metadata
+from weightgen.evaluate import evaluate_module
+from weightgen.generators.diffusion import WeightDiffusionPipeline
+from weightgen.tasks import get_task
+
+HELD_OUT = "classify digits 3, 5 and 8"  # the debug zoo's held-out task
+
+
+def _json(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_sample_files_load_model_and_eval_agree(debug_generators, run_cli, tmp_path):
+    out = tmp_path / "samples"
+    code, stdout, err = run_cli("sample", HELD_OUT, "--generator", debug_generators["diffusion"], "-n", "3",
+                                "--seed", "4", "--out", out, "--json", timeout=300)
+    assert code == 0, err
+    result = _json(stdout)
+    assert result["task"] == "digits-subset-3-5-8" and result["kind"] == "diffusion"
+    assert result["num_finite"] == 3 and len(result["files"]) == 3
+    report = result["report"]
+    assert report["unseen"] is True and report["scratch"]["stats"]["n"] >= 1  # trained on the spot
+    assert report["random_init"]["stats"]["n"] >= 1 and len(report["generated"]["acc"]) == 3
+    # each file is a plain PyTorch module whose accuracy is the one reported
+    task = get_task("digits-subset-3-5-8")
+    for path, acc in zip(result["files"], report["generated"]["acc"]):
+        assert read_metadata(path)["task"]["id"] == task.id
+        assert evaluate_module(load_model(path), task)["acc"] == pytest.approx(acc, abs=1e-6)
+    best = load_model(out / "best")
+    assert evaluate_module(best, task)["acc"] == pytest.approx(report["generated"]["acc"][report["best_sample"]], abs=1e-6)
+    # eval on the folder scores the same files to the same accuracies and writes report.json
+    report_path = tmp_path / "report.json"
+    code, stdout, err = run_cli("eval", out, "--out", report_path, timeout=300)
+    assert code == 0, err
+    scored = json.loads(report_path.read_text())
+    by_path = {c["path"]: c["acc"] for c in scored["checkpoints"]}
+    assert len(by_path) == 4  # 3 samples + best/
+    for path, acc in zip(result["files"], report["generated"]["acc"]):
+        assert by_path[path] == pytest.approx(acc, abs=1e-6)
+
+
+def test_sample_same_seed_same_files(debug_generators, run_cli, tmp_path):
+    args = ["sample", HELD_OUT, "--generator", debug_generators["diffusion"], "-n", "2", "--no-eval", "--json"]
+    files = []
+    for name in ("a", "b"):
+        code, stdout, err = run_cli(*args, "--out", tmp_path / name)
+        assert code == 0, err
+        files.append([load_model(p).state_dict() for p in _json(stdout)["files"]])
+    for a, b in zip(*files):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sample_ar_kind_and_table_output(debug_generators, run_cli, tmp_path):
+    code, stdout, err = run_cli("sample", HELD_OUT + " with a CNN 4-3", "--generator",
+                                debug_generators["autoregressive"], "--kind", "ar", "-n", "2", "--out", tmp_path,
+                                timeout=300)
+    assert code == 0, err
+    assert "2 of 2 samples written" in stdout and "random init" in stdout and "trained from scratch" in stdout
+    assert len(list(tmp_path.glob("sample-*.safetensors"))) == 2
+
+
+def test_prompt_without_a_task_still_generates(debug_generators, run_cli, tmp_path):
+    code, stdout, err = run_cli("sample", "something useful with an MLP 64-16-3", "--generator",
+                                debug_generators["diffusion"], "-n", "2", "--out", tmp_path, "--json")
+    assert code == 0, err
+    result = _json(stdout)
+    assert result["task"] is None and result["report"] is None and len(result["files"]) == 2
+    assert any("cannot be evaluated" in n for n in result["notes"])
+
+
+def test_interrupted_sample_leaves_only_whole_checkpoints(debug_generators, tmp_path, monkeypatch):
+    pipe = WeightDiffusionPipeline.from_pretrained(debug_generators["diffusion"])
+    real, calls = generate.save_model, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(generate, "save_model", failing)
+    with pytest.raises(KeyboardInterrupt):
+        generate.sample_to_folder(pipe, "diffusion", debug_generators["diffusion"], HELD_OUT, tmp_path,
+                                  num_samples=3, evaluate=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sample-000.safetensors"]
+    load_model(tmp_path / "sample-000.safetensors")
+
+
+def _bad_cases(gens, tmp_path) -> dict:
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x00" * 50)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    diff = gens["diffusion"]
+    return {
+        "empty prompt": (["sample", "  ", "--generator", diff], ["prompt is empty"]),
+        "arch it cannot produce": (["sample", HELD_OUT + " with an MLP 64-99-3", "--generator", diff],
+                                   ["cannot produce", "MLP 64-16-3"]),
+        "missing generator": (["sample", HELD_OUT, "--generator", tmp_path / "nowhere"], ["no generator at"]),
+        "no default generator": (["sample", HELD_OUT], ["weightgen quickstart"]),
+        "n zero": (["sample", HELD_OUT, "--generator", diff, "-n", "0"], ["-n must be at least 1"]),
+        "unwritable out": (["sample", HELD_OUT, "--generator", diff, "--out", blocker / "sub"], ["cannot write"]),
+        "corrupt checkpoint": (["eval", corrupt], ["corrupt"]),
+    }
+
+
+@pytest.mark.parametrize("case", ["empty prompt", "arch it cannot produce", "missing generator", "no default generator",
+                                  "n zero", "unwritable out", "corrupt checkpoint"])
+def test_bad_input_is_one_sentence_and_status_2(case, debug_generators, run_cli, tmp_path):
+    args, words = _bad_cases(debug_generators, tmp_path)[case]
+    code, out, err = run_cli(*args, env={"WEIGHTGEN_HOME": str(tmp_path / "home")})
+    assert code == 2 and "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert not re.search(r"[.!?]\s+[A-Z]", lines[0]), "more than one sentence"
+    for w in words:
+        assert w in lines[0], lines[0]
