@@ -1,4 +1,4 @@
-# make demo: build the default zoo and print its summary.   make test: run the test suite.
+# make demo: weightgen quickstart (zoo, encoders, generators, sample + evaluate).   make test: run the test suite.
 # Both create .venv on first use and install with constraints.txt (torch==2.13.0, the local CPU wheel).
 PYTHON ?= python3
 VENV := .venv
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/weightgen zoo build configs/zoo/digits-mlp.yaml --out runs/zoo/digits-mlp
+	$(BIN)/weightgen quickstart
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests

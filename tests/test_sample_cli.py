@@ -126,3 +126,35 @@ def test_bad_input_is_one_sentence_and_status_2(case, debug_generators, run_cli,
     assert not re.search(r"[.!?]\s+[A-Z]", lines[0]), "more than one sentence"
     for w in words:
         assert w in lines[0], lines[0]
+
+
+def test_report_writes_markdown_and_readable_pngs(debug_generators, debug_zoo, run_cli, tmp_path):
+    code, _, err = run_cli("sample", "classify digits 1, 7 and 9", "--generator", debug_generators["diffusion"],
+                           "-n", "4", "--out", tmp_path, timeout=300)
+    assert code == 0, err
+    code, _, err = run_cli("report", tmp_path)
+    assert code == 0, err
+    text = (tmp_path / "report.md").read_text()
+    pngs = sorted(tmp_path.glob("*.png"))
+    assert [p.name for p in pngs] == ["digits-subset-1-7-9-0-accuracy.png", "digits-subset-1-7-9-0-novelty.png"]
+    for p in pngs:
+        data = p.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000  # a real picture, not an empty canvas
+        assert f"]({p.name})" in text
+    assert "| generated | 4 |" in text and "| zoo |" in text and "| random_init |" in text
+    # eval's report.json feeds report too; a folder without one is one clear error
+    code, _, err = run_cli("report", tmp_path / "nothing-here")
+    assert code == 2 and err.startswith("error: no report.json")
+
+
+def test_quickstart_stages_skip_what_is_built_and_run_the_rest(debug_zoo, tmp_path):
+    from weightgen.quickstart import Stage, _zoo_complete, run_stages, stages
+
+    assert _zoo_complete(debug_zoo.root) and not _zoo_complete(tmp_path)
+    ran, log = [], []
+    fake = [Stage("a", lambda: True, lambda: ran.append("a")), Stage("b", lambda: False, lambda: ran.append("b"))]
+    seconds = run_stages(fake, log.append)
+    assert ran == ["b"] and seconds["a"] == 0.0 and "skipped" in log[0]
+    built, paths = stages(tmp_path)
+    assert [p.parent.parent for p in (paths["diffusion"], paths["ar"])] == [tmp_path, tmp_path]
+    assert not any(s.done() for s in built)  # an empty cache folder: every stage still to run

@@ -197,6 +197,9 @@ def sample(
               "num_samples": num_samples, "num_finite": run.samples.num_finite, "out": str(out),
               "files": [str(f) for f in run.files], "best": str(run.best) if run.best else None,
               "notes": run.notes, "report": run.report}
+    from weightgen import atomic
+
+    atomic.write_text(out / "report.json", _json.dumps(result, indent=1, allow_nan=False))
     if as_json:
         print(_json.dumps(result, allow_nan=False))
         return
@@ -241,14 +244,16 @@ def _print_sample_report(result: dict) -> None:
         table.add_row(f"{i}{mark}", _fmt(a), _fmt(d, 3), _fmt(u, 3))
     console.print(table)
     summary = Table(title="comparison (mean over models)")
-    for col in ("models", "n", report["metric"], "median", "min", "max"):
+    for col in ("models", "n", report["metric"], "median", "min", "max", "nearest-zoo distance (median)"):
         summary.add_column(col, justify="right" if col != "models" else "left")
     rows = [("generated", gen), ("zoo, same task and arch", report.get("zoo")),
             ("trained from scratch here", report.get("scratch")), ("random init", report.get("random_init"))]
     for name, group in rows:
         if group:
             st = group["stats"]
-            summary.add_row(name, str(st["n"]), _fmt(st["mean"]), _fmt(st["median"]), _fmt(st["min"]), _fmt(st["max"]))
+            dist = (group["novelty"]["distance"] or {}).get("median")
+            summary.add_row(name, str(st["n"]), _fmt(st["mean"]), _fmt(st["median"]), _fmt(st["min"]), _fmt(st["max"]),
+                            _fmt(dist, 3))
     console.print(summary)
     console.print("* best sample by validation accuracy (saved as best/)")
 
@@ -258,7 +263,7 @@ def eval_cmd(
     paths: list[Path] = typer.Argument(..., help="Checkpoints (.safetensors), hub-style folders, or folders of them."),
     task: str = typer.Option(None, "--task", help="Task id or prompt (default: each checkpoint's metadata)."),
     zoo: Path = typer.Option(None, "--zoo", help="Zoo to compare against (zoo statistics and novelty)."),
-    out: Path = typer.Option(Path("report.json"), "--out", help="Where to write the JSON report."),
+    out: Path = typer.Option(Path("report.json"), "--out", help="Where to write the JSON report (`weightgen report` reads its folder)."),
     baselines: bool = typer.Option(False, "--baselines", help="Also score the memorisation baselines (slower)."),
 ):
     """Score checkpoints on their task; writes report.json."""
@@ -277,6 +282,52 @@ def eval_cmd(
         table.add_row(escape(c["path"]), c["task"], c["arch"], _fmt(c["acc"]))
     console.print(table)
     console.print(f"report: {out}")
+
+
+@app.command("quickstart")
+def quickstart(
+    num_samples: int = typer.Option(16, "-n", "--num-samples", help="Samples drawn for the held-out prompt."),
+    out: Path = typer.Option(Path("runs/samples/quickstart"), "--out", help="Folder for the sampled checkpoints."),
+):
+    """Build the default zoo, train the default generators into the cache folder (WEIGHTGEN_HOME,
+    default ~/.cache/weightgen), then sample and evaluate a held-out prompt. Re-run to resume."""
+    import time
+
+    from weightgen.generate import check_writable, sample_to_folder
+    from weightgen.home import home, load_generator
+    from weightgen.quickstart import run_stages, stages
+    from weightgen.tasks import get_task
+    from weightgen.zoo.store import ZooStore
+
+    check_writable(out)
+    start = time.perf_counter()
+    all_stages, paths = stages()
+    console.print(f"weightgen quickstart: everything goes to {home()} (set WEIGHTGEN_HOME to change it)")
+    seconds = run_stages(all_stages, lambda line: console.rule(line))
+    _quiet_loading()
+    # a held-out 3-class task: harder than a pair of digits, and the README's running example
+    held = sorted(ZooStore(paths["zoo"]).held_out, key=lambda t: (abs(len(get_task(t).classes) - 3), t))
+    task = get_task(held[0])
+    prompt = task.description
+    console.rule(f"[{len(all_stages) + 1}/{len(all_stages) + 1}] sample a held-out task: \"{prompt}\"")
+    pipe, kind, path = load_generator(paths["diffusion"], "diffusion")
+    run = sample_to_folder(pipe, kind, path, prompt, out, num_samples=num_samples, seed=0)
+    result = {"num_samples": num_samples, "num_finite": run.samples.num_finite, "out": str(out),
+              "best": str(run.best) if run.best else None, "notes": run.notes, "report": run.report}
+    _print_sample_report(result)
+    total = time.perf_counter() - start
+    spent = ", ".join(f"{name.split(':')[0]} {s / 60:.1f} min" for name, s in seconds.items() if s)
+    console.print(f"quickstart done in {total / 60:.1f} min" + (f" ({spent})" if spent else ""))
+    console.print(f"next: weightgen sample \"classify digits 1, 4 and 7\" (uses {paths['diffusion']})")
+
+
+@app.command("report")
+def report_cmd(folder: Path = typer.Argument(..., help="A folder holding report.json (from `sample` or `eval --out`).")):
+    """Write report.md and PNG plots (accuracy histogram; accuracy vs novelty) beside report.json."""
+    from weightgen.report import write_report
+
+    path = write_report(folder)
+    console.print(f"wrote {path} and its plots")
 
 
 def run_script(script_main, config_cls, argv: list[str]) -> None:

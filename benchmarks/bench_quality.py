@@ -1,0 +1,152 @@
+"""Issue 5's quality benchmark: both generators through the full evaluation protocol.
+
+    python benchmarks/bench_quality.py [--diffusion DIR] [--ar DIR] [--zoo runs/zoo/digits-mlp]
+        [--seen 20] [--hidden 32 64] [--samples 32] [--finetune-tasks 10] [--only diffusion|ar]
+
+Without --diffusion / --ar each generator is trained first with the real training script and its
+default config (configs/generator/*-digits.yaml; its encoder must exist, see README "Generators").
+Tasks: every held-out digits subset task of the zoo with k = 3..6 and `--seen` seen ones (fixed
+seed), each with every `--hidden` arch (MLP 64-H-k). Every (task, arch) gets `--samples` samples per
+generator, scored by `weightgen.evaluate.evaluate_samples` (zoo comparison, novelty, baselines;
+from-scratch reference for held-out tasks; fine-tuning speed on the first `--finetune-tasks`
+held-out ones). Per generator the last line (JSON) holds:
+- seen: median over (task, arch) of generated mean accuracy / zoo mean accuracy; median max
+  wrong-set IoU of the samples beside the noise baseline's at matched accuracy;
+- held-out: mean and min over (task, arch) of generated mean accuracy / from-scratch mean accuracy;
+  mean margin of generated over retrieval (accuracy points);
+- the share of finite samples, the median fine-tuning speedup, samples per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_generators import train  # noqa: E402  (the same trained-with-the-real-script helper)
+
+from weightgen.evaluate import evaluate_samples  # noqa: E402
+from weightgen.specs import ArchSpec  # noqa: E402
+from weightgen.tasks import get_task  # noqa: E402
+from weightgen.text import TextEncoder  # noqa: E402
+from weightgen.zoo.store import ZooStore  # noqa: E402
+
+
+def subset_tasks(store: ZooStore, held_out: bool) -> list[str]:
+    ids = sorted({r["task"] for r in store.records if r["held_out"] == held_out})
+    return [t for t in ids if t.startswith("digits-subset") and 3 <= len(get_task(t).classes) <= 6]
+
+
+def load(kind: str, path: str | None):
+    if kind == "diffusion":
+        from weightgen.generators.diffusion import WeightDiffusionPipeline as cls
+
+        path = path or train("train_diffusion", "diffusion-digits.yaml", [])
+    else:
+        from weightgen.generators.autoregressive import WeightARPipeline as cls
+
+        path = path or train("train_autoregressive", "ar-digits.yaml", [])
+    pipe = cls.from_pretrained(path)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run(pipe, kind: str, store: ZooStore, jobs: list[tuple[str, ArchSpec, bool, bool]], n: int, text) -> dict:
+    rows, seconds = [], 0.0
+    for i, (tid, arch, held, finetune) in enumerate(jobs):
+        task = get_task(tid)
+        start = time.perf_counter()
+        out = pipe(task.description, arch=arch, num_samples=n, generator=0)
+        seconds += time.perf_counter() - start
+        rep = evaluate_samples(arch, out.flat, task, store=store, baselines=True, finetune=finetune, encoder=text)
+        b = rep["baselines"] or {}
+        gen = rep["generated"]
+        row = {"task": tid, "arch": arch.slug, "held_out": held, "finite": out.num_finite / n,
+               "gen_mean": gen["stats"]["mean"], "gen_min": gen["stats"]["min"],
+               "zoo_mean": (rep["zoo"] or {}).get("stats", {}).get("mean"),
+               "scratch_mean": (rep["scratch"] or {}).get("stats", {}).get("mean"),
+               "gen_iou": (gen["novelty"]["wrong_iou"] or {}).get("median"),
+               "noise_iou": ((b.get("noise") or {}).get("novelty", {}).get("wrong_iou") or {}).get("median"),
+               "noise_matched": (b.get("noise") or {}).get("matched"),
+               "gen_distance": (gen["novelty"]["distance"] or {}).get("median"),
+               "retrieval_mean": (b.get("retrieval") or {}).get("stats", {}).get("mean"),
+               "speedup": (rep["finetune"] or {}).get("speedup")}
+        rows.append(row)
+        print(f"[{kind} {i + 1}/{len(jobs)}] {tid} {arch.describe()} gen {row['gen_mean']:.4f} "
+              f"zoo {row['zoo_mean'] or float('nan'):.4f} scratch {row['scratch_mean'] or float('nan'):.4f} "
+              f"retrieval {row['retrieval_mean'] or float('nan'):.4f} iou {row['gen_iou'] or float('nan'):.3f}/"
+              f"{row['noise_iou'] or float('nan'):.3f} speedup {row['speedup'] or float('nan'):.1f}", flush=True)
+    return {"rows": rows, "summary": summarise(rows), "samples_per_s": len(jobs) * n / seconds}
+
+
+def _vals(rows, key):
+    return [r[key] for r in rows if r[key] is not None]
+
+
+def summarise(rows: list[dict]) -> dict:
+    seen, held = [r for r in rows if not r["held_out"]], [r for r in rows if r["held_out"]]
+    seen_ratio = [r["gen_mean"] / r["zoo_mean"] for r in seen if r["gen_mean"] is not None and r["zoo_mean"]]
+    held_ratio = [r["gen_mean"] / r["scratch_mean"] for r in held if r["gen_mean"] is not None and r["scratch_mean"]]
+    margin = [r["gen_mean"] - r["retrieval_mean"] for r in held if r["gen_mean"] is not None and r["retrieval_mean"]]
+    iou_pairs = [(r["gen_iou"], r["noise_iou"]) for r in seen if r["gen_iou"] is not None and r["noise_iou"] is not None]
+    med = lambda v: statistics.median(v) if v else None  # noqa: E731
+    return {
+        "seen_median_ratio": med(seen_ratio),
+        "seen_gen_iou_median": med([g for g, _ in iou_pairs]),
+        "seen_noise_iou_median": med([n for _, n in iou_pairs]),
+        "seen_iou_below_noise_share": sum(g < n for g, n in iou_pairs) / len(iou_pairs) if iou_pairs else None,
+        "seen_noise_matched_share": statistics.mean(bool(r["noise_matched"]) for r in seen) if seen else None,
+        "held_out_mean_ratio": statistics.mean(held_ratio) if held_ratio else None,
+        "held_out_min_ratio": min(held_ratio) if held_ratio else None,
+        "held_out_retrieval_margin": statistics.mean(margin) if margin else None,
+        "held_out_beats_retrieval_share": sum(m > 0 for m in margin) / len(margin) if margin else None,
+        "finite_share": statistics.mean(r["finite"] for r in rows),
+        "finetune_speedup_median": med(_vals(held, "speedup")),
+        "n_seen": len(seen), "n_held_out": len(held),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--zoo", default="runs/zoo/digits-mlp")
+    ap.add_argument("--diffusion", help="a trained WeightDiffusionPipeline folder (default: train one now)")
+    ap.add_argument("--ar", help="a trained WeightARPipeline folder (default: train one now)")
+    ap.add_argument("--only", choices=["diffusion", "ar"])
+    ap.add_argument("--seen", type=int, default=20)
+    ap.add_argument("--hidden", type=int, nargs="+", default=[32, 64])
+    ap.add_argument("--samples", type=int, default=32)
+    ap.add_argument("--finetune-tasks", type=int, default=10)
+    ap.add_argument("--max-held-out", type=int, default=0, help="0 = every held-out task")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    store = ZooStore(args.zoo)
+    held = subset_tasks(store, True)
+    held = held[: args.max_held_out] if args.max_held_out else held
+    seen = sorted(random.Random(0).sample(subset_tasks(store, False), args.seen))
+    ft = set(random.Random(1).sample(held, min(args.finetune_tasks, len(held))))
+    jobs = [(t, ArchSpec("mlp", (64, h, get_task(t).out_dim)), t in held, t in ft)
+            for t in seen + held for h in args.hidden]
+    text = TextEncoder()
+    result = {"zoo": args.zoo, "samples": args.samples, "seen_tasks": seen, "held_out_tasks": held,
+              "archs_hidden": args.hidden}
+    for kind in ("diffusion", "ar"):
+        if args.only in (None, kind):
+            result[kind] = run(load(kind, getattr(args, kind)), kind, store, jobs, args.samples, text)
+    for kind in ("diffusion", "ar"):
+        if kind in result:
+            print(kind, json.dumps(result[kind]["summary"]), f"{result[kind]['samples_per_s']:.1f} samples/s")
+    print(json.dumps({k: ({"summary": v["summary"], "samples_per_s": v["samples_per_s"]} if isinstance(v, dict) and "rows" in v
+                          else v) for k, v in result.items()}))
+    Path("runs/bench").mkdir(parents=True, exist_ok=True)
+    Path("runs/bench/quality_rows.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
