@@ -2,6 +2,7 @@
 
     python benchmarks/bench_quality.py [--diffusion DIR] [--ar DIR] [--zoo runs/zoo/digits-mlp]
         [--seen 20] [--hidden 32 64] [--samples 32] [--finetune-tasks 10] [--only diffusion|ar]
+        [--temperature T] [--out runs/bench/quality_rows.json]
 
 Without --diffusion / --ar each generator is trained first with the real training script and its
 default config (configs/generator/*-digits.yaml; its encoder must exist, see README "Generators").
@@ -58,12 +59,13 @@ def load(kind: str, path: str | None):
     return pipe
 
 
-def run(pipe, kind: str, store: ZooStore, jobs: list[tuple[str, ArchSpec, bool, bool]], n: int, text) -> dict:
+def run(pipe, kind: str, store: ZooStore, jobs: list[tuple[str, ArchSpec, bool, bool]], n: int, text,
+        sampling: dict) -> dict:
     rows, seconds = [], 0.0
     for i, (tid, arch, held, finetune) in enumerate(jobs):
         task = get_task(tid)
         start = time.perf_counter()
-        out = pipe(task.description, arch=arch, num_samples=n, generator=0)
+        out = pipe(task.description, arch=arch, num_samples=n, generator=0, **sampling)
         seconds += time.perf_counter() - start
         rep = evaluate_samples(arch, out.flat, task, store=store, baselines=True, finetune=finetune, encoder=text)
         b = rep["baselines"] or {}
@@ -83,7 +85,7 @@ def run(pipe, kind: str, store: ZooStore, jobs: list[tuple[str, ArchSpec, bool, 
               f"zoo {row['zoo_mean'] or float('nan'):.4f} scratch {row['scratch_mean'] or float('nan'):.4f} "
               f"retrieval {row['retrieval_mean'] or float('nan'):.4f} iou {row['gen_iou'] or float('nan'):.3f}/"
               f"{row['noise_iou'] or float('nan'):.3f} speedup {row['speedup'] or float('nan'):.1f}", flush=True)
-    return {"rows": rows, "summary": summarise(rows), "samples_per_s": len(jobs) * n / seconds}
+    return {"rows": rows, "summary": summarise(rows), "samples_per_s": len(jobs) * n / seconds, "sampling": sampling}
 
 
 def _vals(rows, key):
@@ -119,11 +121,13 @@ def main() -> None:
     ap.add_argument("--diffusion", help="a trained WeightDiffusionPipeline folder (default: train one now)")
     ap.add_argument("--ar", help="a trained WeightARPipeline folder (default: train one now)")
     ap.add_argument("--only", choices=["diffusion", "ar"])
+    ap.add_argument("--out", default="runs/bench/quality_rows.json", help="every (task, arch) row, as JSON")
     ap.add_argument("--seen", type=int, default=20)
     ap.add_argument("--hidden", type=int, nargs="+", default=[32, 64])
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--finetune-tasks", type=int, default=10)
     ap.add_argument("--max-held-out", type=int, default=0, help="0 = every held-out task")
+    ap.add_argument("--temperature", type=float, help="sampling temperature of both generators (default: theirs, 1)")
     args = ap.parse_args()
     torch.manual_seed(0)
     store = ZooStore(args.zoo)
@@ -138,14 +142,15 @@ def main() -> None:
               "archs_hidden": args.hidden}
     for kind in ("diffusion", "ar"):
         if args.only in (None, kind):
-            result[kind] = run(load(kind, getattr(args, kind)), kind, store, jobs, args.samples, text)
+            sampling = {} if args.temperature is None else {"temperature": args.temperature}
+            result[kind] = run(load(kind, getattr(args, kind)), kind, store, jobs, args.samples, text, sampling)
     for kind in ("diffusion", "ar"):
         if kind in result:
             print(kind, json.dumps(result[kind]["summary"]), f"{result[kind]['samples_per_s']:.1f} samples/s")
-    print(json.dumps({k: ({"summary": v["summary"], "samples_per_s": v["samples_per_s"]} if isinstance(v, dict) and "rows" in v
-                          else v) for k, v in result.items()}))
-    Path("runs/bench").mkdir(parents=True, exist_ok=True)
-    Path("runs/bench/quality_rows.json").write_text(json.dumps(result))
+    print(json.dumps({k: ({"summary": v["summary"], "samples_per_s": v["samples_per_s"], "sampling": v["sampling"]}
+                          if isinstance(v, dict) and "rows" in v else v) for k, v in result.items()}))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from weightgen.config import ZooConfig, from_dict
-from weightgen.evaluate import cross_entropy, evaluate_flat, evaluate_params
+from weightgen.evaluate import evaluate_flat, evaluate_params
 from weightgen.space.symmetry import canonicalize
 from weightgen.specs import ArchSpec
 from weightgen.tasks import TaskSpec, get_task
 from weightgen.zoo.build import recipe_of
 from weightgen.zoo.store import ZooStore
-from weightgen.zoo.trainer import Recipe, epoch_order, train_batched
+from weightgen.zoo.trainer import Recipe, batch_loss, epoch_order, train_batched
 
 if TYPE_CHECKING:
     from weightgen.text import TextEncoder
@@ -208,12 +208,7 @@ def finetune_steps(
         for s in range(steps_per_epoch):
             rows = order[:, s * recipe.batch_size : (s + 1) * recipe.batch_size]  # (K, b)
             xb, yb = x[rows], y[rows]  # (K, b, in), (K, b[, 1])
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.precision == "bf16"):
-                logits = arch.forward_batched(params, xb).float()  # (K, b, out)
-            if task.loss == "mse":
-                per_model = (logits - yb).pow(2).mean(dim=(1, 2))
-            else:
-                per_model = cross_entropy(logits, yb).mean(1)
+            per_model = batch_loss(arch, params, xb, yb, task.loss, recipe.precision)
             opt.zero_grad(set_to_none=True)
             per_model.sum().backward()
             opt.step()

@@ -291,6 +291,7 @@ def quickstart(
 ):
     """Build the default zoo, train the default generators into the cache folder (WEIGHTGEN_HOME,
     default ~/.cache/weightgen), then sample and evaluate a held-out prompt. Re-run to resume."""
+    import json
     import time
 
     from weightgen.generate import check_writable, sample_to_folder
@@ -312,8 +313,13 @@ def quickstart(
     console.rule(f"[{len(all_stages) + 1}/{len(all_stages) + 1}] sample a held-out task: \"{prompt}\"")
     pipe, kind, path = load_generator(paths["diffusion"], "diffusion")
     run = sample_to_folder(pipe, kind, path, prompt, out, num_samples=num_samples, seed=0)
-    result = {"num_samples": num_samples, "num_finite": run.samples.num_finite, "out": str(out),
-              "best": str(run.best) if run.best else None, "notes": run.notes, "report": run.report}
+    result = {"prompt": prompt, "task": task.id, "arch": run.samples.arch.describe(), "generator": str(path),
+              "kind": kind, "seed": 0, "num_samples": num_samples, "num_finite": run.samples.num_finite,
+              "out": str(out), "files": [str(f) for f in run.files], "best": str(run.best) if run.best else None,
+              "notes": run.notes, "report": run.report}
+    from weightgen import atomic
+
+    atomic.write_text(out / "report.json", json.dumps(result, indent=1, allow_nan=False))  # `weightgen report` reads it
     _print_sample_report(result)
     total = time.perf_counter() - start
     spent = ", ".join(f"{name.split(':')[0]} {s / 60:.1f} min" for name, s in seconds.items() if s)

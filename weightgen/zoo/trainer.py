@@ -63,6 +63,17 @@ def epoch_order(sizes: torch.Tensor, length: int, generator: torch.Generator) ->
     return out
 
 
+def batch_loss(arch: ArchSpec, params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor, loss_kind: str,
+               precision: str = "fp32", transposed: bool = False) -> torch.Tensor:
+    """Per-model mean loss (K,) of K networks on their batches xb (K, b, in), yb (K, b[, 1]): the
+    zoo recipe's step loss (bf16 autocast for the matmuls if asked, the loss itself in fp32)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        logits = arch.forward_batched(params, xb, transposed=transposed).float()  # (K, b, out)
+    if loss_kind == "mse":
+        return (logits - yb).pow(2).mean(dim=(1, 2))
+    return cross_entropy(logits, yb).mean(1)
+
+
 def train_batched(
     arch: ArchSpec,
     tasks: list[TaskSpec],
@@ -106,12 +117,7 @@ def train_batched(
             flat_rows = rows.reshape(-1)  # index_select is ~3x faster than advanced indexing here
             xb = x_all.index_select(0, flat_rows).view(k, rows.shape[1], -1)  # (K, b, in)
             yb = y_all.index_select(0, flat_rows).view(k, rows.shape[1], *y_all.shape[1:])  # (K, b[, 1])
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.precision == "bf16"):
-                logits = arch.forward_batched(params, xb, transposed=True).float()  # (K, b, out)
-            if loss_kind == "mse":
-                per_model = (logits - yb).pow(2).mean(dim=(1, 2))
-            else:
-                per_model = cross_entropy(logits, yb).mean(1)
+            per_model = batch_loss(arch, params, xb, yb, loss_kind, recipe.precision, transposed=True)
             opt.zero_grad(set_to_none=True)
             per_model.sum().backward()
             opt.step()
