@@ -144,13 +144,11 @@ def main() -> None:
         if args.only in (None, kind):
             sampling = {} if args.temperature is None else {"temperature": args.temperature}
             result[kind] = run(load(kind, getattr(args, kind)), kind, store, jobs, args.samples, text, sampling)
-    for kind in ("diffusion", "ar"):
-        if kind in result:
-            print(kind, json.dumps(result[kind]["summary"]), f"{result[kind]['samples_per_s']:.1f} samples/s")
+            print(kind, json.dumps(result[kind]["summary"]), f"{result[kind]['samples_per_s']:.1f} samples/s", flush=True)
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(result))  # each generator's rows as soon as they exist
     print(json.dumps({k: ({"summary": v["summary"], "samples_per_s": v["samples_per_s"], "sampling": v["sampling"]}
                           if isinstance(v, dict) and "rows" in v else v) for k, v in result.items()}))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result))
 
 
 if __name__ == "__main__":
