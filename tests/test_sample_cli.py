@@ -147,8 +147,13 @@ def test_report_writes_markdown_and_readable_pngs(debug_generators, debug_zoo, r
     assert code == 2 and err.startswith("error: no report.json")
 
 
-def test_quickstart_stages_skip_what_is_built_and_run_the_rest(debug_zoo, tmp_path):
+def test_quickstart_stages_skip_what_is_built_and_run_the_rest(debug_zoo, tmp_path, monkeypatch):
+    from weightgen.home import default_generator
     from weightgen.quickstart import Stage, _zoo_complete, run_stages, stages
+
+    monkeypatch.setenv("WEIGHTGEN_HOME", str(tmp_path / "cache"))  # where `sample` looks is where quickstart trains
+    assert [stages()[1][k] for k in ("diffusion", "ar")] == [default_generator("diffusion"), default_generator("ar")]
+    assert default_generator("ar").is_relative_to(tmp_path / "cache")
 
     assert _zoo_complete(debug_zoo.root) and not _zoo_complete(tmp_path)
     ran, log = [], []

@@ -174,7 +174,7 @@ def sample(
     """Generate networks for a prompt, write them as checkpoints, and evaluate them on the task."""
     import json as _json
 
-    from weightgen.generate import check_writable, sample_to_folder
+    from weightgen.generate import check_writable, sample_to_folder, summary
     from weightgen.generators.common import resolve_request
     from weightgen.home import load_generator
 
@@ -192,14 +192,7 @@ def sample(
     out = out or Path("runs/samples") / f"{req.task.id if req.task else 'prompt'}-{req.arch.slug}"
     run = sample_to_folder(pipe, found, path, prompt, out, arch=req.arch, num_samples=num_samples, seed=seed,
                            steps=steps, guidance=guidance, temperature=temperature, evaluate=not no_eval)
-    result = {"prompt": prompt, "conditioning": run.samples.prompt, "task": req.task.id if req.task else None,
-              "arch": req.arch.describe(), "generator": str(path), "kind": found, "seed": seed,
-              "num_samples": num_samples, "num_finite": run.samples.num_finite, "out": str(out),
-              "files": [str(f) for f in run.files], "best": str(run.best) if run.best else None,
-              "notes": run.notes, "report": run.report}
-    from weightgen import atomic
-
-    atomic.write_text(out / "report.json", _json.dumps(result, indent=1, allow_nan=False))
+    result = summary(run, prompt, path, found, seed, out)
     if as_json:
         print(_json.dumps(result, allow_nan=False))
         return
@@ -291,10 +284,9 @@ def quickstart(
 ):
     """Build the default zoo, train the default generators into the cache folder (WEIGHTGEN_HOME,
     default ~/.cache/weightgen), then sample and evaluate a held-out prompt. Re-run to resume."""
-    import json
     import time
 
-    from weightgen.generate import check_writable, sample_to_folder
+    from weightgen.generate import check_writable, sample_to_folder, summary
     from weightgen.home import home, load_generator
     from weightgen.quickstart import run_stages, stages
     from weightgen.tasks import get_task
@@ -313,14 +305,7 @@ def quickstart(
     console.rule(f"[{len(all_stages) + 1}/{len(all_stages) + 1}] sample a held-out task: \"{prompt}\"")
     pipe, kind, path = load_generator(paths["diffusion"], "diffusion")
     run = sample_to_folder(pipe, kind, path, prompt, out, num_samples=num_samples, seed=0)
-    result = {"prompt": prompt, "task": task.id, "arch": run.samples.arch.describe(), "generator": str(path),
-              "kind": kind, "seed": 0, "num_samples": num_samples, "num_finite": run.samples.num_finite,
-              "out": str(out), "files": [str(f) for f in run.files], "best": str(run.best) if run.best else None,
-              "notes": run.notes, "report": run.report}
-    from weightgen import atomic
-
-    atomic.write_text(out / "report.json", json.dumps(result, indent=1, allow_nan=False))  # `weightgen report` reads it
-    _print_sample_report(result)
+    _print_sample_report(summary(run, prompt, path, kind, 0, out))
     total = time.perf_counter() - start
     spent = ", ".join(f"{name.split(':')[0]} {s / 60:.1f} min" for name, s in seconds.items() if s)
     console.print(f"quickstart done in {total / 60:.1f} min" + (f" ({spent})" if spent else ""))

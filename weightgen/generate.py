@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from weightgen import atomic
 from weightgen.checkpoint import save_model
 from weightgen.errors import GeneratorError, WeightgenError
 from weightgen.evaluate import evaluate_samples, score_flat
@@ -30,6 +31,18 @@ class SampleRun:
     best: Path | None  # hub-style folder of the best sample by validation accuracy
     report: dict | None  # evaluate_samples' report; None when not evaluated
     notes: list[str] = field(default_factory=list)
+
+
+def summary(run: SampleRun, prompt: str, generator_dir: str | Path, kind: str, seed: int, out: str | Path) -> dict:
+    """What `sample` prints with --json and writes as OUT/report.json (`weightgen report` reads it)."""
+    s = run.samples
+    result = {"prompt": prompt, "conditioning": s.prompt, "task": s.task.id if s.task else None,
+              "arch": s.arch.describe(), "generator": str(generator_dir), "kind": kind, "seed": seed,
+              "num_samples": len(s.flat), "num_finite": s.num_finite, "out": str(out),
+              "files": [str(f) for f in run.files], "best": str(run.best) if run.best else None,
+              "notes": run.notes, "report": run.report}
+    atomic.write_text(Path(out) / "report.json", json.dumps(result, indent=1, allow_nan=False))
+    return result
 
 
 def check_writable(out: str | Path) -> Path:

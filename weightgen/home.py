@@ -20,11 +20,12 @@ def home() -> Path:
     return Path(os.environ.get("WEIGHTGEN_HOME") or Path.home() / ".cache" / "weightgen")
 
 
-def default_generator(kind: str) -> Path:
-    """The folder `weightgen quickstart` trains the default `kind` generator into."""
+def default_generator(kind: str, root: Path | None = None) -> Path:
+    """The folder `weightgen quickstart` trains the default `kind` generator into (under `root`,
+    default the cache folder)."""
     if kind not in KINDS:
         raise GeneratorError(f"unknown generator kind '{kind}'; use one of {', '.join(KINDS)}")
-    return home() / "generators" / kind
+    return (root or home()) / "generators" / kind
 
 
 def generator_kind(path: str | Path) -> str:

@@ -56,9 +56,7 @@ def stages(root: Path | None = None) -> tuple[list[Stage], dict[str, Path]]:
     root = root or home()
     paths = {"zoo": root / "zoo" / "digits-mlp", "autoencoder": root / "encoders" / "autoencoder",
              "tokenizer": root / "encoders" / "tokenizer",
-             "diffusion": root / "generators" / "diffusion", "ar": root / "generators" / "ar"}
-    if root == home():
-        assert paths["diffusion"] == default_generator("diffusion") and paths["ar"] == default_generator("ar")
+             "diffusion": default_generator("diffusion", root), "ar": default_generator("ar", root)}
 
     def zoo():
         from weightgen.zoo.build import build_zoo
