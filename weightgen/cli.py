@@ -308,7 +308,8 @@ def quickstart(
     _print_sample_report(summary(run, prompt, path, kind, 0, out))
     total = time.perf_counter() - start
     spent = ", ".join(f"{name.split(':')[0]} {s / 60:.1f} min" for name, s in seconds.items() if s)
-    console.print(f"quickstart done in {total / 60:.1f} min" + (f" ({spent})" if spent else ""))
+    took = f"{total / 60:.1f} min" if total >= 60 else f"{total:.0f} s"
+    console.print(f"quickstart done in {took}" + (f" ({spent})" if spent else ""))
     console.print(f"next: weightgen sample \"classify digits 1, 4 and 7\" (uses {paths['diffusion']})")
 
 
