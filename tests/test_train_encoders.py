@@ -5,7 +5,6 @@ and bad input reported as one line with exit status 2."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from launching import TWO_PROCESSES, script_env, two_process_env
 from safetensors.torch import load_file
 
 from weightgen.encoders.autoencoder import WeightAutoencoder
@@ -25,20 +25,6 @@ CONFIG = ROOT / "configs" / "encoder" / "debug.yaml"
 SCRIPTS = {"tokenizer": WeightVQVAE, "autoencoder": WeightAutoencoder}
 WEIGHTS = "diffusion_pytorch_model.safetensors"  # save_pretrained's file name
 
-# imported at start-up by every Python process with its folder on PYTHONPATH: the workers that
-# `accelerate launch` starts have RANK and WORLD_SIZE set, so they log themselves
-RANK_LOGGER = """
-import os
-if "RANK" in os.environ:
-    with open(os.environ["WEIGHTGEN_TEST_RANK_LOG"], "a") as f:
-        f.write(os.environ["RANK"] + " " + os.environ["WORLD_SIZE"] + "\\n")
-"""
-
-
-def _env(tmp: Path, **extra: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "FORCE_COLOR")}
-    # one thread per process: tiny models on shared cores; torch elastic leaves a folder in TMPDIR
-    return {**base, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp), **extra}
 
 
 def _run(
@@ -57,7 +43,7 @@ def _run(
     return subprocess.run(
         [*(launch or [sys.executable]), *args],
         cwd=ROOT,
-        env=env or _env(out.parent),
+        env=env or script_env(out.parent),
         capture_output=True,
         text=True,
         timeout=300,
@@ -214,24 +200,10 @@ def two_processes(debug_zoo, tmp_path_factory):
     """train_tokenizer.py for 4 steps (checkpoints every 2) under `accelerate launch` with two CPU
     processes; returns (process, OUT, ranks logged by the workers)."""
     tmp = tmp_path_factory.mktemp("two_processes")
-    (tmp / "site").mkdir()
-    (tmp / "site" / "sitecustomize.py").write_text(RANK_LOGGER)
-    env = _env(
-        tmp,
-        ACCELERATE_USE_CPU="1",
-        PYTHONPATH=os.pathsep.join([str(tmp / "site"), os.environ.get("PYTHONPATH", "")]),
-        WEIGHTGEN_TEST_RANK_LOG=str(tmp / "ranks.log"),
-    )
-    accelerate = [
-        str(Path(sys.executable).parent / "accelerate"),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-    ]
+    env, log = two_process_env(tmp)
     out = tmp / "out"
-    proc = _run("tokenizer", debug_zoo.root, out, "steps=4", "save_every=2", launch=accelerate, env=env)
-    ranks = sorted((tmp / "ranks.log").read_text().splitlines()) if (tmp / "ranks.log").is_file() else []
+    proc = _run("tokenizer", debug_zoo.root, out, "steps=4", "save_every=2", launch=TWO_PROCESSES, env=env)
+    ranks = sorted(log.read_text().splitlines()) if log.is_file() else []
     return proc, out, ranks
 
 

@@ -5,7 +5,6 @@ and bad input reported as one line with exit status 2. Plus the shared training 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from launching import TWO_PROCESSES, script_env, two_process_env
 from safetensors.torch import load_file
 
 from weightgen.cli import run_script
@@ -39,20 +39,6 @@ TRAINED = {"diffusion": ("denoiser/diffusion_pytorch_model.safetensors", ("denoi
            "autoregressive": ("lm/model.safetensors", ("lm", "prefix"))}
 HELD_OUT = "digits-subset-3-5-8"
 
-# imported at start-up by every Python process with its folder on PYTHONPATH: the workers that
-# `accelerate launch` starts have RANK and WORLD_SIZE set, so they log themselves
-RANK_LOGGER = """
-import os
-if "RANK" in os.environ:
-    with open(os.environ["WEIGHTGEN_TEST_RANK_LOG"], "a") as f:
-        f.write(os.environ["RANK"] + " " + os.environ["WORLD_SIZE"] + "\\n")
-"""
-
-
-def _env(tmp: Path, **extra: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "FORCE_COLOR")}
-    # one thread per process: tiny models on shared cores; torch elastic leaves a folder in TMPDIR
-    return {**base, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp), **extra}
 
 
 def _run(name: str, encoder, out: Path, *sets: str, launch: list[str] | None = None,
@@ -62,7 +48,7 @@ def _run(name: str, encoder, out: Path, *sets: str, launch: list[str] | None = N
     args = [f"train/train_{name}.py", str(CONFIGS / config), "--set", f"{key}={encoder}", "--set", f"out={out}"]
     for item in sets:
         args += ["--set", item]
-    return subprocess.run([*(launch or [sys.executable]), *args], cwd=ROOT, env=env or _env(out.parent),
+    return subprocess.run([*(launch or [sys.executable]), *args], cwd=ROOT, env=env or script_env(out.parent),
                           capture_output=True, text=True, timeout=300)
 
 
@@ -173,16 +159,10 @@ def two_processes(debug_encoders, tmp_path_factory) -> dict[str, tuple[subproces
     results = {}
     for name in SCRIPTS:
         tmp = tmp_path_factory.mktemp(f"two_processes_{name}")
-        (tmp / "site").mkdir()
-        (tmp / "site" / "sitecustomize.py").write_text(RANK_LOGGER)
-        env = _env(tmp, ACCELERATE_USE_CPU="1",
-                   PYTHONPATH=os.pathsep.join([str(tmp / "site"), os.environ.get("PYTHONPATH", "")]),
-                   WEIGHTGEN_TEST_RANK_LOG=str(tmp / "ranks.log"))
-        accelerate = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2"]
+        env, log = two_process_env(tmp)
         out = tmp / "out"
-        proc = _run(name, debug_encoders[SCRIPTS[name][2]], out, "steps=2", "save_every=1", launch=accelerate,
+        proc = _run(name, debug_encoders[SCRIPTS[name][2]], out, "steps=2", "save_every=1", launch=TWO_PROCESSES,
                     env=env)
-        log = tmp / "ranks.log"
         results[name] = (proc, out, sorted(log.read_text().splitlines()) if log.is_file() else [])
     return results
 
