@@ -11,8 +11,10 @@ seed), each with every `--hidden` arch (MLP 64-H-k). Every (task, arch) gets `--
 generator, scored by `weightgen.evaluate.evaluate_samples` (zoo comparison, novelty, baselines;
 from-scratch reference for held-out tasks; fine-tuning speed on the first `--finetune-tasks`
 held-out ones). Per generator the last line (JSON) holds:
-- seen: median over (task, arch) of generated mean accuracy / zoo mean accuracy; median max
-  wrong-set IoU of the samples beside the noise baseline's at matched accuracy;
+- seen: median over (task, arch) of generated median accuracy / zoo median accuracy (the issue's
+  "median accuracy generated / zoo"; `seen_median_of_mean_ratios` is the same with means, the
+  statistic reported before 2026-11-24); median max wrong-set IoU of the samples beside the noise
+  baseline's at matched accuracy;
 - held-out: mean and min over (task, arch) of generated mean accuracy / from-scratch mean accuracy;
   mean margin of generated over retrieval (accuracy points);
 - the share of finite samples, the median fine-tuning speedup, samples per second.
@@ -71,8 +73,9 @@ def run(pipe, kind: str, store: ZooStore, jobs: list[tuple[str, ArchSpec, bool, 
         b = rep["baselines"] or {}
         gen = rep["generated"]
         row = {"task": tid, "arch": arch.slug, "held_out": held, "finite": out.num_finite / n,
-               "gen_mean": gen["stats"]["mean"], "gen_min": gen["stats"]["min"],
+               "gen_mean": gen["stats"]["mean"], "gen_median": gen["stats"]["median"], "gen_min": gen["stats"]["min"],
                "zoo_mean": (rep["zoo"] or {}).get("stats", {}).get("mean"),
+               "zoo_median": (rep["zoo"] or {}).get("stats", {}).get("median"),
                "scratch_mean": (rep["scratch"] or {}).get("stats", {}).get("mean"),
                "gen_iou": (gen["novelty"]["wrong_iou"] or {}).get("median"),
                "noise_iou": ((b.get("noise") or {}).get("novelty", {}).get("wrong_iou") or {}).get("median"),
@@ -94,13 +97,16 @@ def _vals(rows, key):
 
 def summarise(rows: list[dict]) -> dict:
     seen, held = [r for r in rows if not r["held_out"]], [r for r in rows if r["held_out"]]
-    seen_ratio = [r["gen_mean"] / r["zoo_mean"] for r in seen if r["gen_mean"] is not None and r["zoo_mean"]]
+    seen_ratio = [r["gen_median"] / r["zoo_median"] for r in seen if r["gen_median"] is not None and r["zoo_median"]]
+    seen_mean_ratio = [r["gen_mean"] / r["zoo_mean"] for r in seen if r["gen_mean"] is not None and r["zoo_mean"]]
     held_ratio = [r["gen_mean"] / r["scratch_mean"] for r in held if r["gen_mean"] is not None and r["scratch_mean"]]
     margin = [r["gen_mean"] - r["retrieval_mean"] for r in held if r["gen_mean"] is not None and r["retrieval_mean"]]
     iou_pairs = [(r["gen_iou"], r["noise_iou"]) for r in seen if r["gen_iou"] is not None and r["noise_iou"] is not None]
     med = lambda v: statistics.median(v) if v else None  # noqa: E731
     return {
         "seen_median_ratio": med(seen_ratio),
+        "seen_ratio_at_or_above_1_share": sum(r >= 1 for r in seen_ratio) / len(seen_ratio) if seen_ratio else None,
+        "seen_median_of_mean_ratios": med(seen_mean_ratio),
         "seen_gen_iou_median": med([g for g, _ in iou_pairs]),
         "seen_noise_iou_median": med([n for _, n in iou_pairs]),
         "seen_iou_below_noise_share": sum(g < n for g, n in iou_pairs) / len(iou_pairs) if iou_pairs else None,

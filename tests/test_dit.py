@@ -75,10 +75,26 @@ def test_save_pretrained_round_trip(model, inputs, tmp_path):
     assert torch.equal(loaded(**inputs), model(**inputs))
 
 
-def _coded_model(code_dim: int = 12, max_tokens: int = T):
+def _coded_model(code_dim: int = 12, max_tokens: int = T, max_seen_tasks: int = 0):
     torch.manual_seed(0)
     return WeightDiT(latent_dim=D, n_archs=3, n_layers=4, n_positions=64, num_layers=1, num_attention_heads=2,
-                     attention_head_dim=8, max_tokens=max_tokens, task_code_dim=code_dim).eval()
+                     attention_head_dim=8, max_tokens=max_tokens, task_code_dim=code_dim,
+                     max_seen_tasks=max_seen_tasks).eval()
+
+
+def _tasks_with_own_offsets(seed_noise: float, per_task: int = 4):
+    """20 tasks whose latent means are a linear map of the code plus a task-specific part no linear map
+    of the code explains, each with `per_task` models spread by `seed_noise`."""
+    g = torch.Generator().manual_seed(5)
+    tasks = (torch.rand(20, 12, generator=g) < 0.3).float()
+    tasks[:, 0] = torch.arange(20) % 2  # make the 20 codes distinct
+    tasks[:, 1:6] = torch.eye(5).repeat(4, 1)
+    weight = torch.randn(12, T, D, generator=g)
+    own = torch.randn(20, T, D, generator=g)
+    means = torch.einsum("nc,ctd->ntd", tasks, weight) + own
+    codes = tasks.repeat_interleave(per_task, 0)
+    latents = means.repeat_interleave(per_task, 0) + seed_noise * torch.randn(20 * per_task, T, D, generator=g)
+    return tasks, means, codes, latents
 
 
 def test_conditional_mean_recovers_a_linear_map_of_the_task_code():
@@ -97,6 +113,38 @@ def test_conditional_mean_recovers_a_linear_map_of_the_task_code():
     # the other arch is untouched, and no code means the arch's mean
     assert torch.equal(model.latent_mean[0], torch.zeros(T, D))
     assert torch.allclose(model.conditional_mean(1, None, T - 2)[0], latents.mean(0))
+
+
+def test_seen_tasks_keep_their_own_mean_and_unseen_ones_get_the_linear_mean():
+    tasks, means, codes, latents = _tasks_with_own_offsets(seed_noise=0.05)
+    linear, model = _coded_model(), _coded_model(max_seen_tasks=32)
+    linear.set_latent_stats(0, latents, codes, ridge=1.0)
+    model.set_latent_stats(0, latents, codes, ridge=1.0)
+    own_err = (model.conditional_mean(0, tasks, T) - means).abs().mean()
+    linear_err = (linear.conditional_mean(0, tasks, T) - means).abs().mean()
+    # seeds agree within a task, so each seen task keeps (nearly) its own mean; the linear map cannot
+    assert own_err < 0.05 and linear_err > 0.3
+    # the residual std is then the seed spread, not the spread between tasks
+    assert model.latent_std[0].median() < 0.1 < linear.latent_std[0].median()
+    unseen = tasks[:3].clone()
+    unseen[:, 6:] = 1 - unseen[:, 6:]
+    assert torch.equal(model.conditional_mean(0, unseen, T), linear.conditional_mean(0, unseen, T))
+    x = model.standardize(latents, 0, codes)
+    assert torch.allclose(model.destandardize(x, 0, codes), latents, atol=1e-4)
+
+
+def test_task_offsets_shrink_when_seeds_disagree():
+    tasks, means, codes, latents = _tasks_with_own_offsets(seed_noise=5.0, per_task=2)
+    linear, model = _coded_model(), _coded_model(max_seen_tasks=32)
+    linear.set_latent_stats(0, latents, codes, ridge=1.0)
+    model.set_latent_stats(0, latents, codes, ridge=1.0)
+    offset = model.conditional_mean(0, tasks, T) - linear.conditional_mean(0, tasks, T)
+    grouped = latents.view(20, 2, T, D).mean(1) - linear.conditional_mean(0, tasks, T)
+    # two noisy models per task: the offset is a fraction of the raw task mean, not all of it
+    ratio = (offset.norm() / grouped.norm()).item()
+    assert 0.0 <= ratio < 0.5
+    with pytest.raises(ValueError, match="seen tasks"):
+        _coded_model(max_seen_tasks=8).set_latent_stats(0, latents, codes)
 
 
 def test_code_conditioned_denoiser_needs_codes_and_reads_them(inputs):
@@ -121,3 +169,14 @@ def test_code_conditioned_round_trip(tmp_path):
     loaded = WeightDiT.from_pretrained(tmp_path)
     assert torch.equal(loaded.mean_weight, model.mean_weight) and torch.equal(loaded.code_mean, model.code_mean)
     assert torch.equal(loaded.conditional_mean(0, codes, T), model.conditional_mean(0, codes, T))
+
+
+def test_task_offsets_round_trip(tmp_path):
+    tasks, _, codes, latents = _tasks_with_own_offsets(seed_noise=0.05)
+    model = _coded_model(max_seen_tasks=32)
+    model.set_latent_stats(2, latents, codes)
+    model.save_pretrained(tmp_path)
+    loaded = WeightDiT.from_pretrained(tmp_path)
+    assert torch.equal(loaded.seen_offset, model.seen_offset)
+    assert torch.equal(loaded.conditional_mean(2, tasks, T), model.conditional_mean(2, tasks, T))
+    assert not torch.equal(loaded.conditional_mean(2, tasks, T), loaded.conditional_mean(0, tasks, T))

@@ -53,6 +53,7 @@ class DiffusionConfig(GeneratorTrainConfig):
     sampler: str = "ddim"  # ddim | dpm: the scheduler saved in the pipeline for few-step sampling
     conditional_mean: bool = True  # diffuse the residual around a task-code ridge mean (generators/dit.py)
     mean_ridge: float = 1.0  # ridge penalty of that mean
+    task_offsets: bool = True  # seen tasks also keep their own (shrunk) offset from it (generators/dit.py)
 
 
 def main(cfg: DiffusionConfig) -> None:
@@ -73,7 +74,9 @@ def main(cfg: DiffusionConfig) -> None:
                          attention_head_dim=cfg.attention_head_dim, text_dim=table.tokens.shape[-1],
                          max_tokens=max(d.codes.shape[1] for d in data), task_kinds=task_kinds(data),
                          pooled_conditioning=cfg.pooled_conditioning,
-                         task_code_dim=TASK_CODE_DIM if cfg.conditional_mean else 0)
+                         task_code_dim=TASK_CODE_DIM if cfg.conditional_mean else 0,
+                         max_seen_tasks=max(len(d.task_codes.unique(dim=0)) for d in data)
+                         if cfg.conditional_mean and cfg.task_offsets else 0)
     denoiser.set_text_stats(table.tokens, table.mask)
     for d in data:  # the denoiser works on per-slot standardised latents (residuals of the task mean)
         denoiser.set_latent_stats(d.index, d.codes, d.task_codes, ridge=cfg.mean_ridge)
