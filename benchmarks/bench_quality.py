@@ -81,6 +81,9 @@ def run(pipe, kind: str, store: ZooStore, jobs: list[tuple[str, ArchSpec, bool, 
                "noise_iou": ((b.get("noise") or {}).get("novelty", {}).get("wrong_iou") or {}).get("median"),
                "noise_matched": (b.get("noise") or {}).get("matched"),
                "gen_distance": (gen["novelty"]["distance"] or {}).get("median"),
+               # the zoo's own models against the rest of the zoo (leave-one-out): what a fresh seed scores
+               "zoo_iou": (((rep["zoo"] or {}).get("novelty") or {}).get("wrong_iou") or {}).get("median"),
+               "zoo_distance": (((rep["zoo"] or {}).get("novelty") or {}).get("distance") or {}).get("median"),
                "retrieval_mean": (b.get("retrieval") or {}).get("stats", {}).get("mean"),
                "speedup": (rep["finetune"] or {}).get("speedup")}
         rows.append(row)
@@ -110,6 +113,10 @@ def summarise(rows: list[dict]) -> dict:
         "seen_gen_iou_median": med([g for g, _ in iou_pairs]),
         "seen_noise_iou_median": med([n for _, n in iou_pairs]),
         "seen_iou_below_noise_share": sum(g < n for g, n in iou_pairs) / len(iou_pairs) if iou_pairs else None,
+        "seen_iou_tied_with_noise_share": sum(g == n for g, n in iou_pairs) / len(iou_pairs) if iou_pairs else None,
+        "seen_zoo_iou_median": med(_vals(seen, "zoo_iou")),
+        "seen_gen_distance_median": med(_vals(seen, "gen_distance")),
+        "seen_zoo_distance_median": med(_vals(seen, "zoo_distance")),
         "seen_noise_matched_share": statistics.mean(bool(r["noise_matched"]) for r in seen) if seen else None,
         "held_out_mean_ratio": statistics.mean(held_ratio) if held_ratio else None,
         "held_out_min_ratio": min(held_ratio) if held_ratio else None,

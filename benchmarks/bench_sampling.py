@@ -49,9 +49,10 @@ def main() -> None:
     prompt = f"{task.description} with {arch.article} {arch.describe()}"
     recipe = zoo_recipe(ZooStore(args.zoo))
     settings = [
-        ("diffusion", "25 steps, guidance 2 (defaults)", {"num_inference_steps": 25, "guidance_scale": 2.0}),
+        ("diffusion", "25 steps, guidance 2 (until 2026-11-24)", {"num_inference_steps": 25, "guidance_scale": 2.0}),
         ("diffusion", "10 steps, guidance 1", {"num_inference_steps": 10, "guidance_scale": 1.0}),
-        ("diffusion", "5 steps, guidance 1", {"num_inference_steps": 5, "guidance_scale": 1.0}),
+        ("diffusion", "4 steps, guidance 1 (defaults)", {}),
+        ("diffusion", "2 steps, guidance 1", {"num_inference_steps": 2, "guidance_scale": 1.0}),
         ("ar", "temperature 1", {"temperature": 1.0}),
     ]
     pipes = {"diffusion": WeightDiffusionPipeline.from_pretrained(args.diffusion),
