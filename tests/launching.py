@@ -8,13 +8,20 @@ import os
 import sys
 from pathlib import Path
 
-# imported at start-up by every Python process with its folder on PYTHONPATH: the workers that
-# `accelerate launch` starts have RANK and WORLD_SIZE set, so they log themselves
+# imported at start-up by every Python process with its folder on PYTHONPATH: each worker that
+# `accelerate launch` starts (RANK is set) logs, at exit, the process index and count that accelerate
+# itself gave it, so a worker that ran alone (num_processes 1) shows up even though RANK was set
 RANK_LOGGER = """
-import os
-if "RANK" in os.environ:
+import atexit, os
+
+def _log_rank():
+    from accelerate.state import PartialState
+    state = PartialState._shared_state
     with open(os.environ["WEIGHTGEN_TEST_RANK_LOG"], "a") as f:
-        f.write(os.environ["RANK"] + " " + os.environ["WORLD_SIZE"] + "\\n")
+        f.write(f"{state.get('process_index')} {state.get('num_processes')}\\n")
+
+if "RANK" in os.environ:
+    atexit.register(_log_rank)
 """
 TWO_PROCESSES = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2"]
 

@@ -131,8 +131,11 @@ def _init(cfg: ZooConfig, arch: ArchSpec, template: int, ids: list[int]) -> dict
 def build_zoo(cfg: ZooConfig, out: str | Path, progress: bool = True) -> ZooStore:
     """Build (or finish building) the zoo described by `cfg` in folder `out`."""
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
-    state = PartialState()
+    # PartialState() alone ignores ACCELERATE_USE_CPU (only Accelerator reads it): on a machine without
+    # a GPU, two launched processes would each think they were alone and both build every shard
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     store = ZooStore(out)
     manifest = make_manifest(cfg)
     if (store.root / "zoo.json").is_file() and store.manifest.get("config") != manifest["config"]:
