@@ -80,8 +80,8 @@ class WeightDiffusionPipeline(WeightPipeline):
         scales the starting noise (as in Glow's reduced-temperature sampling): below 1 the samples
         move towards the task's typical network, trading diversity for accuracy; 0 gives one
         deterministic network per task. The defaults (4 DDIM steps, no guidance) are what
-        benchmarks/bench_quality.py measured: on the default zoo 25 steps and guidance 2 scored the
-        same at a sixth of the speed (benchmarks/RESULTS.md)."""
+        benchmarks/bench_quality.py measured; 25 steps with guidance 2 scored the same accuracy at
+        a fourteenth of the speed (benchmarks/RESULTS.md, bench_sampling)."""
         check_range("num_samples", num_samples, 1, 1_000_000, integer=True)
         check_range("num_inference_steps", num_inference_steps, 1, self.scheduler.config.num_train_timesteps,
                     integer=True)
