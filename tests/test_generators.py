@@ -22,6 +22,7 @@ from weightgen.generators.autoregressive import (
 from weightgen.generators.common import check_folder, resolve_request
 from weightgen.generators.diffusion import WeightDiffusionPipeline
 from weightgen.specs import ArchSpec
+from weightgen.tasks import parse_prompt, task_code
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")  # tiny models on busy shared cores
 
@@ -254,8 +255,6 @@ def test_diffusion_guidance_zero_ignores_the_prompt_text(pipes):
 
 
 def test_trained_denoiser_keeps_offsets_of_seen_tasks_only(pipes):
-    from weightgen.tasks import parse_prompt, task_code
-
     dit = pipes["diffusion"].denoiser
     index = pipes["diffusion"].encoder.stats.index[MLP3.slug]
     known = dit.seen_codes[index]
