@@ -19,7 +19,7 @@ from weightgen.baselines import (
     zoo_recipe,
 )
 from weightgen.errors import ArchError, ConfigError
-from weightgen.evaluate import EvalConfig, accuracy_stats, evaluate_flat, evaluate_samples, score_flat
+from weightgen.evaluate import EvalConfig, accuracy_stats, evaluate_flat, evaluate_samples, metrics, score_flat
 from weightgen.novelty import nearest_zoo_distance, wrong_set_iou
 from weightgen.space.symmetry import canonicalize, match, permute, random_permutation
 from weightgen.specs import ArchSpec
@@ -57,6 +57,18 @@ def test_accuracy_stats_count_non_finite_models_and_leave_them_out():
     assert empty["n_finite"] == 0 and empty["share_finite"] == 0.0 and empty["mean"] is None
 
 
+def test_equal_counts_give_equal_accuracy_medians():
+    # 217 examples: models right on 209 and 211 have the median count 210, the same as one model right
+    # on 210; their accuracies must compare equal (a float32 median came out 3e-8 low)
+    y = torch.zeros(217, dtype=torch.long)
+    logits = torch.zeros(3, 217, 2)
+    for row, right in enumerate((209, 211, 210)):
+        logits[row, right:, 1] = 1.0  # the rest predict class 1
+    acc, _ = metrics(logits, y, "ce")
+    assert acc.tolist() == [209 / 217, 211 / 217, 210 / 217]
+    assert accuracy_stats(acc[:2])["median"] == accuracy_stats(acc[2:])["median"]
+
+
 def test_score_flat_matches_evaluate_flat_and_flags_models_that_do_not_run(debug_zoo):
     arch, flat, _ = zoo_models(debug_zoo, MLP3)
     broken = torch.stack([torch.full_like(flat[0], float("nan")), torch.full_like(flat[0], 3e38)])
@@ -64,7 +76,7 @@ def test_score_flat_matches_evaluate_flat_and_flags_models_that_do_not_run(debug
     assert s["finite"].tolist() == [True] * len(flat) + [False, False]  # NaN weights; finite weights, inf outputs
     assert torch.equal(s["acc"][: len(flat)], evaluate_flat(arch, flat, SEEN)["acc"])
     assert s["acc"][len(flat):].isnan().all()
-    assert torch.allclose(s["wrong"][: len(flat)].float().mean(1), 1 - s["acc"][: len(flat)])
+    assert torch.allclose(s["wrong"][: len(flat)].double().mean(1), 1 - s["acc"][: len(flat)])
 
 
 @pytest.mark.parametrize("slug", [MLP3, "cnn-4-3-relu"])
