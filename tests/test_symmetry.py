@@ -213,7 +213,7 @@ def test_zoo_weights_canonical_keeps_every_models_function(debug_zoo):
             before = evaluate_flat(r.arch, getattr(r, split), _tasks(records))["acc"]
             after = evaluate_flat(c.arch, getattr(c, split), _tasks(records))["acc"]
             assert torch.equal(after, before)
-            torch.testing.assert_close(before, torch.tensor([x["test_acc"] for x in records]), atol=1e-6, rtol=0)
+            torch.testing.assert_close(before, torch.tensor([x["test_acc"] for x in records], dtype=torch.float64), atol=1e-6, rtol=0)
 
 
 def test_canonicalize_trained_permuted_zoo(debug_zoo):
