@@ -1,7 +1,7 @@
 """Issue 5's quality benchmark: both generators through the full evaluation protocol.
 
     python benchmarks/bench_quality.py [--diffusion DIR] [--ar DIR] [--zoo runs/zoo/digits-mlp]
-        [--seen 20] [--hidden 32 64] [--samples 32] [--finetune-tasks 10] [--only diffusion|ar]
+        [--seen 20] [--seen-draw 0] [--hidden 32 64] [--samples 32] [--finetune-tasks 10] [--only diffusion|ar] [--seen-only]
         [--temperature T] [--out runs/bench/quality_rows.json]
 
 Without --diffusion / --ar each generator is trained first with the real training script and its
@@ -45,6 +45,16 @@ from weightgen.zoo.store import ZooStore  # noqa: E402
 def subset_tasks(store: ZooStore, held_out: bool) -> list[str]:
     ids = sorted({r["task"] for r in store.records if r["held_out"] == held_out})
     return [t for t in ids if t.startswith("digits-subset") and 3 <= len(get_task(t).classes) <= 6]
+
+
+def seen_draw(pool: list[str], n: int, draw: int) -> list[str]:
+    """The `draw`-th of disjoint random sets of n seen tasks. Draw 0 is the benchmark's own set; the
+    later ones are for choosing sampling settings without looking at it (validation)."""
+    rest = list(pool)
+    for k in range(draw + 1):
+        chosen = sorted(random.Random(k).sample(rest, n))
+        rest = [t for t in rest if t not in chosen]
+    return chosen
 
 
 def load(kind: str, path: str | None):
@@ -112,6 +122,8 @@ def summarise(rows: list[dict]) -> dict:
         "seen_median_of_mean_ratios": med(seen_mean_ratio),
         "seen_gen_iou_median": med([g for g, _ in iou_pairs]),
         "seen_noise_iou_median": med([n for _, n in iou_pairs]),
+        "seen_gen_iou_mean": statistics.mean(g for g, _ in iou_pairs) if iou_pairs else None,
+        "seen_noise_iou_mean": statistics.mean(n for _, n in iou_pairs) if iou_pairs else None,
         "seen_iou_below_noise_share": sum(g < n for g, n in iou_pairs) / len(iou_pairs) if iou_pairs else None,
         "seen_iou_tied_with_noise_share": sum(g == n for g, n in iou_pairs) / len(iou_pairs) if iou_pairs else None,
         "seen_zoo_iou_median": med(_vals(seen, "zoo_iou")),
@@ -136,17 +148,20 @@ def main() -> None:
     ap.add_argument("--only", choices=["diffusion", "ar"])
     ap.add_argument("--out", default="runs/bench/quality_rows.json", help="every (task, arch) row, as JSON")
     ap.add_argument("--seen", type=int, default=20)
+    ap.add_argument("--seen-draw", type=int, default=0,
+                    help="which disjoint draw of seen tasks (0 = the benchmark's; 1, 2, ... for validation)")
     ap.add_argument("--hidden", type=int, nargs="+", default=[32, 64])
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--finetune-tasks", type=int, default=10)
     ap.add_argument("--max-held-out", type=int, default=0, help="0 = every held-out task")
+    ap.add_argument("--seen-only", action="store_true", help="skip the held-out tasks (a quick seen-task run)")
     ap.add_argument("--temperature", type=float, help="sampling temperature of both generators (default: theirs, 1)")
     args = ap.parse_args()
     torch.manual_seed(0)
     store = ZooStore(args.zoo)
     held = subset_tasks(store, True)
-    held = held[: args.max_held_out] if args.max_held_out else held
-    seen = sorted(random.Random(0).sample(subset_tasks(store, False), args.seen))
+    held = [] if args.seen_only else held[: args.max_held_out] if args.max_held_out else held
+    seen = seen_draw(subset_tasks(store, False), args.seen, args.seen_draw)
     ft = set(random.Random(1).sample(held, min(args.finetune_tasks, len(held))))
     jobs = [(t, ArchSpec("mlp", (64, h, get_task(t).out_dim)), t in held, t in ft)
             for t in seen + held for h in args.hidden]

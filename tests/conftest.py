@@ -98,8 +98,9 @@ def train_script():
 
 @pytest.fixture(scope="session")
 def debug_encoders(debug_zoo, tmp_path_factory) -> dict[str, Path]:
-    """The debug autoencoder and VQ tokenizer (configs/encoder/debug.yaml) trained in-process once
-    on the debug zoo: {"autoencoder": folder, "tokenizer": folder}. Tests must not modify them."""
+    """The debug autoencoder and VQ tokenizer (configs/encoder/debug.yaml; the tokenizer with
+    task_mean, as configs/encoder/vqvae-ar-digits.yaml) trained in-process once on the debug zoo:
+    {"autoencoder": folder, "tokenizer": folder}. Tests must not modify them."""
     from weightgen.encoders.training import AutoencoderConfig, TokenizerConfig
 
     root = tmp_path_factory.mktemp("encoders")
@@ -107,7 +108,9 @@ def debug_encoders(debug_zoo, tmp_path_factory) -> dict[str, Path]:
     out = {}
     for name, cls in (("autoencoder", AutoencoderConfig), ("tokenizer", TokenizerConfig)):
         out[name] = root / name
-        cfg = load_config(cls, config, [f"zoo={debug_zoo.root}", f"out={out[name]}"])
+        # the tokenizer as the default one: coding residuals around each task's mean
+        extra = ["task_mean=true"] if name == "tokenizer" else []
+        cfg = load_config(cls, config, [f"zoo={debug_zoo.root}", f"out={out[name]}", *extra])
         with one_thread():
             load_train_script(name).main(cfg)
     return out

@@ -19,7 +19,14 @@ from weightgen.baselines import (
     zoo_recipe,
 )
 from weightgen.errors import ArchError, ConfigError
-from weightgen.evaluate import EvalConfig, accuracy_stats, evaluate_flat, evaluate_samples, metrics, score_flat
+from weightgen.evaluate import (
+    EvalConfig,
+    accuracy_stats,
+    evaluate_flat,
+    evaluate_samples,
+    metrics,
+    score_flat,
+)
 from weightgen.novelty import nearest_zoo_distance, wrong_set_iou
 from weightgen.space.symmetry import canonicalize, match, permute, random_permutation
 from weightgen.specs import ArchSpec

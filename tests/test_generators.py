@@ -320,9 +320,9 @@ def test_every_ar_sample_decodes_for_every_arch(pipes, debug_zoo, monkeypatch):
     pipe = pipes["autoregressive"]
     tokenizer, decode, seen = pipe.tokenizer, pipe.tokenizer.decode, []
 
-    def spy(ids, arch):
+    def spy(ids, arch, codes=None):
         seen.append(ids.clone())
-        return decode(ids, arch)
+        return decode(ids, arch, codes)
 
     monkeypatch.setattr(tokenizer, "decode", spy)
     assert len(debug_zoo.archs) == 4
@@ -347,8 +347,8 @@ def test_non_finite_samples_are_flagged_and_counted_not_dropped(name, pipes, mon
     codec = _codec(pipes[name])
     decode = codec.decode
 
-    def broken(codes, arch):
-        flat = decode(codes, arch).clone()
+    def broken(codes, arch, *task_codes):  # the VQ tokenizer also takes task codes
+        flat = decode(codes, arch, *task_codes).clone()
         flat[1, 0] = math.nan
         flat[2, -1] = math.inf
         return flat

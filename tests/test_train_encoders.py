@@ -117,6 +117,8 @@ def runs(debug_zoo, tmp_path_factory) -> dict[str, tuple[subprocess.CompletedPro
                 "functional_models=2",
             ),
             "unknown_key": pool.submit(_run, "tokenizer", zoo, tmp / "unknown_key", config=bad_config),
+            "task_mean_functional": pool.submit(_run, "tokenizer", zoo, tmp / "task_mean_functional",
+                                                "task_mean=true", "functional_weight=0.1"),
             "missing_zoo": pool.submit(_run, "autoencoder", tmp / "no-zoo", tmp / "missing_zoo"),
         }
         jobs["resume"] = pool.submit(resume)
@@ -232,6 +234,12 @@ def test_two_process_learning_rate_schedule_advances_once_per_step(two_processes
 def test_unknown_config_key_is_one_line_error(runs):
     proc, out = runs["unknown_key"]
     _assert_one_line_error(proc, "unknown key 'bogus_key'")
+    assert not out.exists()
+
+
+def test_task_mean_with_functional_loss_is_one_line_error(runs):
+    proc, out = runs["task_mean_functional"]
+    _assert_one_line_error(proc, "task_mean and functional_weight > 0 cannot be combined")
     assert not out.exists()
 
 

@@ -271,7 +271,7 @@ def test_encoded_zoo_holds_every_arch_without_held_out_models(train_script, debu
                       [f"encoder={debug_encoders['autoencoder']}"])
     assert encoder_settings(cfg.encoder)["zoo"] == str(debug_zoo.root)  # cfg.zoo is "": the encoder's zoo
     encoder = WeightAutoencoder.from_pretrained(cfg.encoder).eval()
-    data, table = load_encoded_zoo(cfg, encoder, cfg.encoder, encoder.encode)
+    data, table = load_encoded_zoo(cfg, encoder, cfg.encoder, lambda flat, arch, _: encoder.encode(flat, arch))
     assert sorted(d.arch.slug for d in data) == sorted(debug_zoo.archs)
     train = [r for r in debug_zoo.records if not r["held_out"]]
     assert sum(len(d.records) for d in data) == len(train) and len(train) < len(debug_zoo.records)

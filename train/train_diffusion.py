@@ -66,7 +66,7 @@ def main(cfg: DiffusionConfig) -> None:
 
     # 1. Data: autoencoder latents of every non-held-out model, and every training prompt embedded once.
     encoder = load_encoder(cfg.encoder, WeightAutoencoder)
-    data, table = load_encoded_zoo(cfg, encoder, cfg.encoder, encoder.encode)
+    data, table = load_encoded_zoo(cfg, encoder, cfg.encoder, lambda flat, arch, _: encoder.encode(flat, arch))
     denoiser = WeightDiT(latent_dim=encoder.config.latent_dim, n_archs=len(encoder.arch_specs),
                          n_layers=int(encoder.meta_embed.layer.num_embeddings),
                          n_positions=int(encoder.meta_embed.position.num_embeddings),

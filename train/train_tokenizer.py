@@ -29,17 +29,31 @@ from weightgen.encoders.training import (
     warmup_cosine,
 )
 from weightgen.encoders.vqvae import WeightVQVAE
+from weightgen.errors import ConfigError
+from weightgen.tasks import TASK_CODE_DIM, get_task, task_code
 
 
 def main(cfg: TokenizerConfig) -> None:
     accelerator = Accelerator()
     torch.manual_seed(cfg.seed)  # same init on every process
 
-    # 1. Data: canonicalised weights of non-held-out models, as one table of tokens.
+    if cfg.task_mean and cfg.functional_weight > 0:
+        raise ConfigError("task_mean and functional_weight > 0 cannot be combined yet: the functional loss "
+                          "decodes whole networks without their task mean")
+    # 1. Data: canonicalised weights of non-held-out models (minus their task's mean, with task_mean),
+    #    as one table of tokens.
     data = load_weights(cfg)
+    codes = {d.arch: torch.stack([task_code(get_task(r["task"])) for r in d.train_records])
+             if len(d.train) else torch.zeros(0, TASK_CODE_DIM) for d in data}
     model = WeightVQVAE([d.arch.to_dict() for d in data], width=cfg.width, hidden=cfg.hidden, levels=cfg.levels,
-                        groups=cfg.groups, num_quantizers=cfg.num_quantizers, embed_dim=cfg.embed_dim)
-    table = model.token_table({d.arch: d.train for d in data})  # also fits the normalisation stats
+                        groups=cfg.groups, num_quantizers=cfg.num_quantizers, embed_dim=cfg.embed_dim,
+                        task_code_dim=TASK_CODE_DIM if cfg.task_mean else 0,
+                        max_seen_tasks=max(len(c.unique(dim=0)) for c in codes.values()) if cfg.task_mean else 0)
+    if cfg.task_mean:
+        for d in data:
+            if len(d.train):
+                model.fit_task_mean(d.arch, d.train, codes[d.arch])
+    table = model.token_table({d.arch: model.residual(d.arch, d.train, codes[d.arch]) for d in data})  # fits stats too
     trainable = [d for d in data if len(d.train)]
 
     # 2. Optimiser (prepared by accelerate) and a warm-up + cosine schedule.

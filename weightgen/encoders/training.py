@@ -47,6 +47,7 @@ class TokenizerConfig(EncoderTrainConfig):
     num_quantizers: int = 2  # residual stages
     functional_weight: float = 0.0  # > 0 adds the decoded networks' task loss to the weight MSE
     functional_models: int = 16  # whole models per step for the functional loss
+    task_mean: bool = False  # code residuals around a task-code mean (weightgen/encoders/vqvae.py)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,13 @@ each one of prod(levels) codes, so
 
 The defaults give 8 ids of 256 codes (64 bits) for 16 floats (512 bits): compression 8, and a
 small vocabulary for the autoregressive generator that models the id sequences.
+
+With `task_code_dim > 0` the tokenizer codes each network's residual around its task's mean
+(`weightgen.space.task_mean.TaskMean`: a ridge map from the task code plus seen-task offsets, fitted
+in closed form on the flat weights before training), so `encode` and `decode` take the task codes.
+The ids then carry the spread between seeds, not which task the network solves: an autoregressive
+generator that learns little more than which ids are common at each position still decodes to
+networks of the prompt's task (benchmarks/RESULTS.md), where ids of whole networks left it at chance.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from einops import rearrange
 from vector_quantize_pytorch import GroupedResidualFSQ
 
 from weightgen.encoders.base import TokenCodecMixin, token_mlp
+from weightgen.errors import ArchError
+from weightgen.space.task_mean import TaskMean
 from weightgen.specs import ArchSpec
 
 
@@ -41,6 +50,8 @@ class WeightVQVAE(ModelMixin, ConfigMixin, TokenCodecMixin):
         groups: int = 4,
         num_quantizers: int = 2,
         embed_dim: int = 64,
+        task_code_dim: int = 0,  # > 0: code residuals around a task-conditioned mean (module docstring)
+        max_seen_tasks: int = 0,  # seen tasks per arch that keep their own offset of that mean
     ):
         super().__init__()
         self._setup(archs, width, embed_dim)
@@ -48,6 +59,10 @@ class WeightVQVAE(ModelMixin, ConfigMixin, TokenCodecMixin):
         self.encoder = token_mlp(width + embed_dim, hidden, latent)
         self.quantizer = GroupedResidualFSQ(dim=latent, groups=groups, levels=list(levels), num_quantizers=num_quantizers)
         self.decoder = token_mlp(latent + embed_dim, hidden, width)
+        self.task_mean = None
+        if task_code_dim:
+            size = max(a.layout().numel for a in self.arch_specs)
+            self.task_mean = TaskMean(len(self.arch_specs), task_code_dim, size, max_seen_tasks)
 
     @property
     def codebook_size(self) -> int:
@@ -77,10 +92,24 @@ class WeightVQVAE(ModelMixin, ConfigMixin, TokenCodecMixin):
         grouped = rearrange(ids, "n t (g q) -> g n t q", g=self.config.groups)
         return self.quantizer.get_output_from_indices(grouped)
 
+    def fit_task_mean(self, arch: ArchSpec, flat: torch.Tensor, codes: torch.Tensor) -> None:
+        """Fit the task mean of one arch from its training models (N, P) and task codes (N, C)."""
+        self.task_mean.fit(self.stats.index[arch.slug], flat, codes)
+
+    def residual(self, arch: ArchSpec, flat: torch.Tensor, codes: torch.Tensor | None) -> torch.Tensor:
+        """What the ids code: the weights (N, P) minus their task's mean (codes (N, C) or (1, C); None
+        = no known task: the arch's mean), or the weights themselves without a task mean."""
+        if self.task_mean is None:
+            return flat
+        if flat.shape[-1] != arch.layout().numel:
+            raise ArchError(f"{arch.describe()} has {arch.layout().numel} weights, got vectors of {flat.shape[-1]}")
+        return flat - self.task_mean(self.stats.index[arch.slug], codes, flat.shape[1]).to(flat)
+
     @torch.no_grad()
-    def encode(self, flat: torch.Tensor, arch: ArchSpec) -> torch.Tensor:
-        """Flat weights (N, P) -> ids (N, T, ids_per_token)."""
-        tokens = self.tokens(arch, flat)
+    def encode(self, flat: torch.Tensor, arch: ArchSpec, codes: torch.Tensor | None = None) -> torch.Tensor:
+        """Flat weights (N, P) -> ids (N, T, ids_per_token); codes: their task codes (see `residual`)."""
+        self.stats.layout(arch)  # a clear error for an unknown arch before anything else
+        tokens = self.tokens(arch, self.residual(arch, flat.float(), codes))
         n, t, _ = tokens.shape
         if n == 0:
             return torch.zeros(0, t, self.ids_per_token, dtype=torch.long)
@@ -89,11 +118,14 @@ class WeightVQVAE(ModelMixin, ConfigMixin, TokenCodecMixin):
         return ids.reshape(n, t, -1).long()
 
     @torch.no_grad()
-    def decode(self, ids: torch.Tensor, arch: ArchSpec) -> torch.Tensor:
-        """ids (N, T, ids_per_token) -> flat weights (N, P)."""
+    def decode(self, ids: torch.Tensor, arch: ArchSpec, codes: torch.Tensor | None = None) -> torch.Tensor:
+        """ids (N, T, ids_per_token) -> flat weights (N, P); codes: their task codes (see `residual`)."""
         layout, emb = self._meta(arch)
         if ids.shape[0] == 0:
             return torch.zeros(0, arch.layout().numel)
         zq = self._ids_to_latent(ids)  # (N, T, latent)
         recon = self.decoder(torch.cat([zq, emb.expand(*zq.shape[:-1], -1)], -1))
-        return self.untokens(arch, recon * layout.mask.to(recon.dtype))
+        flat = self.untokens(arch, recon * layout.mask.to(recon.dtype))
+        if self.task_mean is None:
+            return flat
+        return flat + self.task_mean(self.stats.index[arch.slug], codes, flat.shape[1]).to(flat)

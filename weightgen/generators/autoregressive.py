@@ -179,5 +179,7 @@ class WeightARPipeline(WeightPipeline):
                                          logits_processor=LogitsProcessorList([ArchLayoutProcessor(self.prefix, 0)]),
                                          **sampling)
             ids.append(self.prefix.to_ids(codes[:, -steps:]))
-        flat = self.tokenizer.decode(torch.cat(ids).to(self.tokenizer.device), req.arch).float().cpu()
+        # a tokenizer with a task mean adds the task's mean network back (the arch's mean for no task)
+        flat = self.tokenizer.decode(torch.cat(ids).to(self.tokenizer.device), req.arch,
+                                     None if code is None else code.to(self.tokenizer.device)).float().cpu()
         return GeneratedWeights(req.arch, req.task, req.text, flat, flat.isfinite().all(1))

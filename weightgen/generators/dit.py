@@ -37,6 +37,7 @@ from torch import nn
 
 from weightgen.encoders.base import MetaEmbedding
 from weightgen.generators.common import TextStatsMixin
+from weightgen.space.task_mean import fit_offsets, fit_ridge
 
 
 def _mask_bias(mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -113,10 +114,8 @@ class WeightDiT(ModelMixin, ConfigMixin, TextStatsMixin):
             if codes is None or codes.shape != (n, self.config.task_code_dim):
                 raise ValueError(f"a code-conditioned denoiser needs task codes of shape ({n}, "
                                  f"{self.config.task_code_dim})")
-            c = codes.double() - codes.double().mean(0)
-            z = (latents - latents.mean(0)).flatten(1).double()
-            weight = torch.linalg.solve(c.T @ c + ridge * torch.eye(c.shape[1], dtype=c.dtype), c.T @ z)
-            self.code_mean[arch_index] = codes.mean(0)
+            _, code_mean, weight = fit_ridge(latents.flatten(1), codes, ridge)
+            self.code_mean[arch_index] = code_mean.float()
             self.mean_weight[arch_index].zero_()
             self.mean_weight[arch_index, :, : t * d] = weight.float()
             if hasattr(self, "seen_offset"):
@@ -141,26 +140,17 @@ class WeightDiT(ModelMixin, ConfigMixin, TextStatsMixin):
 
     @torch.no_grad()
     def _fit_task_offsets(self, arch_index: int, latents: torch.Tensor, codes: torch.Tensor) -> None:
-        """Each seen task's offset from the ridge mean, as a random effect (the best linear unbiased
-        predictor of a one-way mixed model): the task's mean residual, shrunk by n tau^2 / (n tau^2 +
-        sigma^2), where sigma^2 is the spread between seeds of one task and tau^2 the spread of the
-        task offsets beyond what sigma^2 explains. A task with many, consistent models keeps nearly
-        its own mean; an unseen task gets no offset, i.e. the ridge mean alone."""
+        """Each seen task's offset from the ridge mean (`weightgen.space.task_mean.fit_offsets`: a
+        shrunk random effect); an unseen task gets no offset, i.e. the ridge mean alone."""
         n, t, d = latents.shape
-        tasks, inverse = torch.unique(codes, dim=0, return_inverse=True)
+        self.seen_offset[arch_index].zero_()
+        self.seen_codes[arch_index] = float("nan")
+        tasks, offset = fit_offsets((latents - self.conditional_mean(arch_index, codes, t)).flatten(1), codes)
         if len(tasks) > self.config.max_seen_tasks:
             raise ValueError(f"{len(tasks)} seen tasks but the denoiser was built for at most "
                              f"{self.config.max_seen_tasks} per arch")
-        self.seen_offset[arch_index].zero_()
-        self.seen_codes[arch_index] = float("nan")
-        resid = (latents - self.conditional_mean(arch_index, codes, t)).flatten(1).double()
-        count = torch.bincount(inverse, minlength=len(tasks)).double()
-        task_mean = torch.zeros(len(tasks), t * d, dtype=resid.dtype).index_add_(0, inverse, resid) / count[:, None]
-        within = (resid - task_mean[inverse]).pow(2).sum() / max(n - len(tasks), 1) / (t * d)  # sigma^2
-        between = task_mean.pow(2).mean() - (within / count).mean()  # tau^2
-        keep = (count * between / (count * between + within)).clamp(0, 1) if between > 0 else torch.zeros_like(count)
         self.seen_codes[arch_index, : len(tasks)] = tasks.to(self.seen_codes)
-        self.seen_offset[arch_index, : len(tasks), : t * d] = (keep[:, None] * task_mean).float()
+        self.seen_offset[arch_index, : len(tasks), : t * d] = offset.float()
 
     def standardize(self, latents: torch.Tensor, arch_index: int, codes: torch.Tensor | None = None) -> torch.Tensor:
         t = latents.shape[-2]

@@ -85,7 +85,7 @@ def encoder_settings(encoder_dir: str | Path) -> dict:
 
 def load_encoded_zoo(cfg: GeneratorTrainConfig, encoder, encoder_dir: str, encode) -> tuple[list[ArchData], PromptTable]:
     """Every arch of the zoo the encoder knows: its non-held-out models encoded with `encode(flat,
-    arch)`, and a table of every training prompt (all paraphrases x archs), embedded once."""
+    arch, task_codes)`, and a table of every training prompt (all paraphrases x archs), embedded once."""
     settings = encoder_settings(encoder_dir)
     store = ZooStore(cfg.zoo or settings["zoo"])
     slugs = [a.slug for a in encoder.arch_specs]
@@ -105,7 +105,7 @@ def load_encoded_zoo(cfg: GeneratorTrainConfig, encoder, encoder_dir: str, encod
         width = max(len(r) for r in rows)
         prompts = torch.tensor([r + [-1] * (width - len(r)) for r in rows])
         codes = torch.stack([task_code(get_task(r["task"])) for r in w.train_records])
-        data.append(ArchData(w.arch, encoder.stats.index[w.arch.slug], encode(w.train, w.arch), prompts,
+        data.append(ArchData(w.arch, encoder.stats.index[w.arch.slug], encode(w.train, w.arch, codes), prompts,
                              w.train_records, codes))
     if not data:
         raise GeneratorError(f"zoo {store.root} has no non-held-out models to train on")
