@@ -35,7 +35,7 @@ from weightgen.encoders.vqvae import WeightVQVAE
 from weightgen.evaluate import evaluate_flat
 from weightgen.space.dataset import zoo_weights
 from weightgen.space.symmetry import canonicalize
-from weightgen.tasks import get_task
+from weightgen.tasks import get_task, task_code
 from weightgen.zoo.store import ZooStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,10 +58,12 @@ def retention(data, codec, noise: float = 0.0) -> tuple[float, float, float]:
         if not len(d.held_out):
             continue
         tasks = [get_task(r["task"]) for r in d.held_out_records]
-        code = codec.encode(d.held_out, d.arch)
+        # a tokenizer with a task mean codes residuals around it: give it the models' task codes
+        extra = [torch.stack([task_code(t) for t in tasks])] if getattr(codec, "task_mean", None) is not None else []
+        code = codec.encode(d.held_out, d.arch, *extra)
         if noise:
             code = code + noise * torch.randn_like(code)
-        rec = codec.decode(code, d.arch)
+        rec = codec.decode(code, d.arch, *extra)
         ratio = evaluate_flat(d.arch, rec, tasks)["acc"] / evaluate_flat(d.arch, d.held_out, tasks)["acc"]
         ratios.append(ratio)
         errors.append(((rec - d.held_out) ** 2).mean(1))
