@@ -163,3 +163,50 @@ def test_quickstart_stages_skip_what_is_built_and_run_the_rest(debug_zoo, tmp_pa
     built, paths = stages(tmp_path)
     assert [p.parent.parent for p in (paths["diffusion"], paths["ar"])] == [tmp_path, tmp_path]
     assert not any(s.done() for s in built)  # an empty cache folder: every stage still to run
+
+
+def test_quickstart_rebuilds_a_stage_built_with_another_config_and_what_depends_on_it(tmp_path):
+    from weightgen.quickstart import Stage, run_stages
+
+    folders = {name: tmp_path / name for name in "abcd"}
+    for folder in folders.values():
+        folder.mkdir()
+        (folder / "old-model").write_text("x")
+    ran, log = [], []
+
+    def run(name):
+        def go():
+            assert not (folders[name] / "old-model").exists()  # removed before training again
+            ran.append(name)
+        return go
+
+    fake = [Stage("a", lambda: True, run("a"), folder=folders["a"]),
+            Stage("b", lambda: True, run("b"), stale=lambda: True, after=("a",), folder=folders["b"]),
+            Stage("c", lambda: True, run("c"), after=("b",), folder=folders["c"]),
+            Stage("d", lambda: True, run("d"), after=("a",), folder=folders["d"])]
+    seconds = run_stages(fake, log.append)
+    assert ran == ["b", "c"] and seconds["a"] == seconds["d"] == 0.0
+    assert "built with an older config, rebuilding" in log[1] and "b was rebuilt, rebuilding" in log[2]
+    assert (folders["a"] / "old-model").exists() and (folders["d"] / "old-model").exists()
+
+
+def test_built_with_compares_the_saved_train_config_to_todays(tmp_path):
+    from weightgen.config import load_config, to_dict
+    from weightgen.encoders.training import TokenizerConfig
+    from weightgen.quickstart import CONFIGS, built_with
+
+    cfg = load_config(TokenizerConfig, CONFIGS / "encoder" / "vqvae-ar-digits.yaml", [f"out={tmp_path}"])
+    saved = to_dict(cfg)
+    assert not built_with(tmp_path, cfg)  # nothing saved
+    (tmp_path / "train_config.json").write_text(json.dumps(saved))
+    assert built_with(tmp_path, cfg)
+    # a key the saved run predates counts as its default: unchanged behaviour is not stale ...
+    (tmp_path / "train_config.json").write_text(json.dumps({k: v for k, v in saved.items() if k != "weight_decay"}))
+    assert cfg.weight_decay == TokenizerConfig.weight_decay and built_with(tmp_path, cfg)
+    # ... but a default that today's config changes is (task_mean: true since the residual-id AR)
+    (tmp_path / "train_config.json").write_text(json.dumps({k: v for k, v in saved.items() if k != "task_mean"}))
+    assert cfg.task_mean and not built_with(tmp_path, cfg)
+    (tmp_path / "train_config.json").write_text(json.dumps({**saved, "steps": 7}))
+    assert not built_with(tmp_path, cfg)
+    (tmp_path / "train_config.json").write_text("{not json")
+    assert not built_with(tmp_path, cfg)

@@ -6,19 +6,24 @@ the cache folder: `build_zoo` for configs/zoo/digits-mlp.yaml, then the `main(cf
 train/train_autoencoder.py, train_tokenizer.py, train_diffusion.py and train_autoregressive.py.
 A stage whose output is complete is skipped, and an interrupted one resumes (the zoo skips finished
 shards; the train scripts restart from their newest accelerate checkpoint), so re-running the
-command after Ctrl-C finishes the job.
+command after Ctrl-C finishes the job. A complete stage that was trained with another config than
+today's default (a cache folder from an older weightgen), or on an upstream stage that was just
+rebuilt, is removed and trained again: otherwise an upgrade would keep serving the old models.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import json
+import shutil
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from weightgen.config import ZooConfig, load_config
+from weightgen.config import ZooConfig, load_config, to_dict
 from weightgen.errors import WeightgenError
 from weightgen.home import default_generator, home
 
@@ -31,6 +36,20 @@ class Stage:
     name: str
     done: Callable[[], bool]
     run: Callable[[], None]
+    stale: Callable[[], bool] = lambda: False  # complete, but built with another config than today's
+    after: tuple[str, ...] = ()  # names of the stages it is trained on: their rebuild makes it stale
+    folder: Path | None = None  # what a rebuild removes first
+
+
+def built_with(folder: Path, cfg) -> bool:
+    """Whether the run saved in `folder` used `cfg`: every key of cfg agrees with its
+    train_config.json, a key the saved run predates counting as that key's default."""
+    try:
+        saved = json.loads((folder / "train_config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
+    return all(saved.get(k, json.loads(json.dumps(defaults.get(k)))) == v for k, v in to_dict(cfg).items())
 
 
 def train_script(name: str):
@@ -63,30 +82,27 @@ def stages(root: Path | None = None) -> tuple[list[Stage], dict[str, Path]]:
 
         build_zoo(load_config(ZooConfig, CONFIGS / "zoo" / "digits-mlp.yaml"), paths["zoo"])
 
-    def encoder(script: str, config: str, key: str):
+    def trained(name: str, script: str, config: Path, key: str, marker: str, after: str, **overrides) -> Stage:
+        """The stage that runs train/train_SCRIPT.py with CONFIG into paths[key]."""
         module = train_script(script)
-        cls = module.TokenizerConfig if script == "tokenizer" else module.AutoencoderConfig
-        return lambda: module.main(_config(CONFIGS / "encoder" / config, cls, zoo=paths["zoo"], out=paths[key]))
+        cls = {"tokenizer": "TokenizerConfig", "autoencoder": "AutoencoderConfig", "diffusion": "DiffusionConfig",
+               "autoregressive": "ARConfig"}[script]
+        cfg = _config(config, getattr(module, cls), out=paths[key], **overrides)
+        folder = paths[key]
+        return Stage(name, lambda: (folder / marker).is_file() and (folder / "train_config.json").is_file(),
+                     lambda: module.main(cfg), lambda: not built_with(folder, cfg), (after,), folder)
 
-    def generator(script: str, config: str, key: str, encoder_key: str, field: str):
-        module = train_script(script)
-        cls = module.DiffusionConfig if script == "diffusion" else module.ARConfig
-        return lambda: module.main(_config(CONFIGS / "generator" / config, cls, out=paths[key],
-                                           **{field: paths[encoder_key]}))
-
-    def complete(key: str, marker: str) -> Callable[[], bool]:
-        return lambda: (paths[key] / marker).is_file() and (paths[key] / "train_config.json").is_file()
-
+    zoo_stage = "zoo: 5,148 MLPs on 429 digits tasks"
     return [
-        Stage("zoo: 5,148 MLPs on 429 digits tasks", lambda: _zoo_complete(paths["zoo"]), zoo),
-        Stage("autoencoder (diffusion latents)", complete("autoencoder", "config.json"),
-              encoder("autoencoder", "autoencoder-digits.yaml", "autoencoder")),
-        Stage("VQ tokenizer (AR ids)", complete("tokenizer", "config.json"),
-              encoder("tokenizer", "vqvae-ar-digits.yaml", "tokenizer")),
-        Stage("diffusion generator", complete("diffusion", "model_index.json"),
-              generator("diffusion", "diffusion-digits.yaml", "diffusion", "autoencoder", "encoder")),
-        Stage("autoregressive generator", complete("ar", "model_index.json"),
-              generator("autoregressive", "ar-digits.yaml", "ar", "tokenizer", "tokenizer")),
+        Stage(zoo_stage, lambda: _zoo_complete(paths["zoo"]), zoo),
+        trained("autoencoder (diffusion latents)", "autoencoder", CONFIGS / "encoder" / "autoencoder-digits.yaml",
+                "autoencoder", "config.json", zoo_stage, zoo=paths["zoo"]),
+        trained("VQ tokenizer (AR ids)", "tokenizer", CONFIGS / "encoder" / "vqvae-ar-digits.yaml",
+                "tokenizer", "config.json", zoo_stage, zoo=paths["zoo"]),
+        trained("diffusion generator", "diffusion", CONFIGS / "generator" / "diffusion-digits.yaml",
+                "diffusion", "model_index.json", "autoencoder (diffusion latents)", encoder=paths["autoencoder"]),
+        trained("autoregressive generator", "autoregressive", CONFIGS / "generator" / "ar-digits.yaml",
+                "ar", "model_index.json", "VQ tokenizer (AR ids)", tokenizer=paths["tokenizer"]),
     ], paths
 
 
@@ -103,14 +119,23 @@ def _zoo_complete(path: Path) -> bool:
 
 
 def run_stages(all_stages: list[Stage], log: Callable[[str], None]) -> dict[str, float]:
-    """Run each incomplete stage in order; returns seconds per stage (0 for skipped ones)."""
-    seconds = {}
+    """Run each incomplete or out-of-date stage in order (module docstring); returns seconds per
+    stage (0 for skipped ones)."""
+    seconds, rebuilt = {}, set()
     for i, stage in enumerate(all_stages, 1):
-        if stage.done():
+        done = stage.done()
+        upstream = [name for name in stage.after if name in rebuilt]
+        if done and not upstream and not stage.stale():
             log(f"[{i}/{len(all_stages) + 1}] {stage.name}: already built, skipped")
             seconds[stage.name] = 0.0
             continue
-        log(f"[{i}/{len(all_stages) + 1}] {stage.name}")
+        if done:  # complete but out of date: train it again from scratch, not from its checkpoints
+            why = f"{upstream[0].split(':')[0]} was rebuilt" if upstream else "built with an older config"
+            log(f"[{i}/{len(all_stages) + 1}] {stage.name}: {why}, rebuilding")
+            shutil.rmtree(stage.folder)
+        else:
+            log(f"[{i}/{len(all_stages) + 1}] {stage.name}")
+        rebuilt.add(stage.name)
         start = time.perf_counter()
         stage.run()
         seconds[stage.name] = time.perf_counter() - start
