@@ -44,16 +44,17 @@ def main(cfg: TokenizerConfig) -> None:
     #    as one table of tokens.
     data = load_weights(cfg)
     codes = {d.arch: torch.stack([task_code(get_task(r["task"])) for r in d.train_records])
-             if len(d.train) else torch.zeros(0, TASK_CODE_DIM) for d in data}
+             if len(d.train) else torch.zeros(0, TASK_CODE_DIM) for d in data} if cfg.task_mean else {}
     model = WeightVQVAE([d.arch.to_dict() for d in data], width=cfg.width, hidden=cfg.hidden, levels=cfg.levels,
                         groups=cfg.groups, num_quantizers=cfg.num_quantizers, embed_dim=cfg.embed_dim,
                         task_code_dim=TASK_CODE_DIM if cfg.task_mean else 0,
-                        max_seen_tasks=max(len(c.unique(dim=0)) for c in codes.values()) if cfg.task_mean else 0)
-    if cfg.task_mean:
-        for d in data:
-            if len(d.train):
-                model.fit_task_mean(d.arch, d.train, codes[d.arch])
-    table = model.token_table({d.arch: model.residual(d.arch, d.train, codes[d.arch]) for d in data})  # fits stats too
+                        max_seen_tasks=max((len(c.unique(dim=0)) for c in codes.values()), default=0))
+    for d in data:
+        if d.arch in codes and len(d.train):
+            model.fit_task_mean(d.arch, d.train, codes[d.arch])
+    # what the ids code: the weights, or their residuals around the task mean (also fits the stats)
+    table = model.token_table({d.arch: model.residual(d.arch, d.train, codes[d.arch]) if codes else d.train
+                               for d in data})
     trainable = [d for d in data if len(d.train)]
 
     # 2. Optimiser (prepared by accelerate) and a warm-up + cosine schedule.

@@ -94,6 +94,8 @@ class WeightVQVAE(ModelMixin, ConfigMixin, TokenCodecMixin):
 
     def fit_task_mean(self, arch: ArchSpec, flat: torch.Tensor, codes: torch.Tensor) -> None:
         """Fit the task mean of one arch from its training models (N, P) and task codes (N, C)."""
+        if self.task_mean is None:
+            raise ValueError("this tokenizer was built without a task mean (task_code_dim=0)")
         self.task_mean.fit(self.stats.index[arch.slug], flat, codes)
 
     def residual(self, arch: ArchSpec, flat: torch.Tensor, codes: torch.Tensor | None) -> torch.Tensor:
