@@ -1,8 +1,8 @@
 """Issue 5's quality benchmark: both generators through the full evaluation protocol.
 
     python benchmarks/bench_quality.py [--diffusion DIR] [--ar DIR] [--zoo runs/zoo/digits-mlp]
-        [--seen 20] [--seen-draw 0] [--hidden 32 64] [--samples 32] [--finetune-tasks 10] [--only diffusion|ar] [--seen-only]
-        [--temperature T] [--out runs/bench/quality_rows.json]
+        [--seen 20] [--seen-draw 0] [--hidden 32 64] [--samples 32] [--finetune-tasks 10] [--only diffusion|ar|scratch] [--seen-only]
+        [--temperature T] [--scratch 8] [--out runs/bench/quality_rows.json]
 
 Without --diffusion / --ar each generator is trained first with the real training script and its
 default config (configs/generator/*-digits.yaml; its encoder must exist, see README "Generators").
@@ -18,6 +18,9 @@ held-out ones). Per generator the last line (JSON) holds:
 - held-out: mean and min over (task, arch) of generated mean accuracy / from-scratch mean accuracy;
   mean margin of generated over retrieval (accuracy points);
 - the share of finite samples, the median fine-tuning speedup, samples per second.
+Then (unless `--scratch 0`) "scratch": `--scratch` models per seen (task, arch) trained from fresh
+inits with the zoo's recipe, scored the same way with a noise baseline matched to their accuracy:
+what the seen-task IoU figures read like for models that cannot have copied the zoo.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_generators import train  # noqa: E402  (the same trained-with-the-real-script helper)
 
+from weightgen.baselines import train_from_scratch, zoo_recipe  # noqa: E402
 from weightgen.evaluate import evaluate_samples  # noqa: E402
 from weightgen.specs import ArchSpec  # noqa: E402
 from weightgen.tasks import get_task  # noqa: E402
@@ -104,6 +108,54 @@ def run(pipe, kind: str, store: ZooStore, jobs: list[tuple[str, ArchSpec, bool, 
     return {"rows": rows, "summary": summarise(rows), "samples_per_s": len(jobs) * n / seconds, "sampling": sampling}
 
 
+def scratch_reference(store: ZooStore, jobs: list[tuple[str, ArchSpec, bool, bool]], n: int) -> dict:
+    """Models trained from scratch (fresh inits, the zoo's recipe) on each seen (task, arch), scored
+    like a generator's samples, with a noise baseline matched to *their* accuracy. Fresh training
+    cannot have copied the zoo, so its max wrong-set IoU against the zoo is what a non-memorising
+    model of zoo accuracy scores; the issue's seen-task novelty target (IoU below noise at matched
+    accuracy) is read beside it."""
+    recipe, g = zoo_recipe(store), torch.Generator().manual_seed(123)
+    rows = []
+    for i, (tid, arch, _, _) in enumerate(j for j in jobs if not j[2]):
+        task = get_task(tid)
+        flat = train_from_scratch(arch, task, recipe, n, g)
+        rep = evaluate_samples(arch, flat, task, store=store, baselines=["noise"])
+        noise = (rep["baselines"] or {}).get("noise") or {}
+        row = {"task": tid, "arch": arch.slug, "scratch_mean": rep["generated"]["stats"]["mean"],
+               "zoo_mean": (rep["zoo"] or {}).get("stats", {}).get("mean"),
+               "scratch_iou": (rep["generated"]["novelty"]["wrong_iou"] or {}).get("median"),
+               "noise_iou": (noise.get("novelty", {}).get("wrong_iou") or {}).get("median"),
+               "noise_matched": noise.get("matched"),
+               "scratch_distance": (rep["generated"]["novelty"]["distance"] or {}).get("median")}
+        rows.append(row)
+        print(f"[scratch {i + 1}] {tid} {arch.describe()} acc {row['scratch_mean']:.4f} zoo {row['zoo_mean']:.4f} "
+              f"iou {row['scratch_iou']:.3f}/{row['noise_iou']:.3f}", flush=True)
+    pairs = [r for r in rows if r["scratch_iou"] is not None and r["noise_iou"] is not None]
+    med = lambda v: statistics.median(v) if v else None  # noqa: E731
+    summary = {
+        "seen_scratch_iou_median": med([r["scratch_iou"] for r in pairs]),
+        "seen_noise_iou_median": med([r["noise_iou"] for r in pairs]),
+        "seen_scratch_iou_mean": statistics.mean(r["scratch_iou"] for r in pairs) if pairs else None,
+        "seen_noise_iou_mean": statistics.mean(r["noise_iou"] for r in pairs) if pairs else None,
+        "seen_iou_below_noise_share": statistics.mean(r["scratch_iou"] < r["noise_iou"] for r in pairs) if pairs else None,
+        "seen_mean_ratio_median": med([r["scratch_mean"] / r["zoo_mean"] for r in rows if r["zoo_mean"]]),
+        "seen_scratch_distance_median": med([r["scratch_distance"] for r in rows if r["scratch_distance"] is not None]),
+        "n_seen": len(rows), "models_per_pair": n,
+    }
+    return {"rows": rows, "summary": summary}
+
+
+def beside_scratch(rows: list[dict], scratch_rows: list[dict]) -> dict:
+    """A generator's seen-task IoU per (task, arch) beside the from-scratch models' on the same pair."""
+    ref = {(r["task"], r["arch"]): r["scratch_iou"] for r in scratch_rows if r["scratch_iou"] is not None}
+    pairs = [(r["gen_iou"], ref[(r["task"], r["arch"])]) for r in rows
+             if not r["held_out"] and r["gen_iou"] is not None and (r["task"], r["arch"]) in ref]
+    if not pairs:
+        return {}
+    return {"seen_iou_at_or_below_scratch_share": statistics.mean(g <= s for g, s in pairs),
+            "seen_scratch_iou_median": statistics.median(s for _, s in pairs)}
+
+
 def _vals(rows, key):
     return [r[key] for r in rows if r[key] is not None]
 
@@ -145,7 +197,7 @@ def main() -> None:
     ap.add_argument("--zoo", default="runs/zoo/digits-mlp")
     ap.add_argument("--diffusion", help="a trained WeightDiffusionPipeline folder (default: train one now)")
     ap.add_argument("--ar", help="a trained WeightARPipeline folder (default: train one now)")
-    ap.add_argument("--only", choices=["diffusion", "ar"])
+    ap.add_argument("--only", choices=["diffusion", "ar", "scratch"])
     ap.add_argument("--out", default="runs/bench/quality_rows.json", help="every (task, arch) row, as JSON")
     ap.add_argument("--seen", type=int, default=20)
     ap.add_argument("--seen-draw", type=int, default=0,
@@ -156,6 +208,8 @@ def main() -> None:
     ap.add_argument("--max-held-out", type=int, default=0, help="0 = every held-out task")
     ap.add_argument("--seen-only", action="store_true", help="skip the held-out tasks (a quick seen-task run)")
     ap.add_argument("--temperature", type=float, help="sampling temperature of both generators (default: theirs, 1)")
+    ap.add_argument("--scratch", type=int, default=8, metavar="N",
+                    help="also score N from-scratch models per seen (task, arch) as the non-memorising reference (0: skip)")
     args = ap.parse_args()
     torch.manual_seed(0)
     store = ZooStore(args.zoo)
@@ -175,7 +229,15 @@ def main() -> None:
             print(kind, json.dumps(result[kind]["summary"]), f"{result[kind]['samples_per_s']:.1f} samples/s", flush=True)
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(result))  # each generator's rows as soon as they exist
-    print(json.dumps({k: ({"summary": v["summary"], "samples_per_s": v["samples_per_s"], "sampling": v["sampling"]}
+    if args.scratch and args.only in (None, "scratch"):
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        result["scratch"] = scratch_reference(store, jobs, args.scratch)
+        print("scratch", json.dumps(result["scratch"]["summary"]), flush=True)
+        for kind in ("diffusion", "ar"):
+            if kind in result:
+                result[kind]["summary"].update(beside_scratch(result[kind]["rows"], result["scratch"]["rows"]))
+        Path(args.out).write_text(json.dumps(result))
+    print(json.dumps({k: ({f: v[f] for f in ("summary", "samples_per_s", "sampling") if f in v}
                           if isinstance(v, dict) and "rows" in v else v) for k, v in result.items()}))
 
 
