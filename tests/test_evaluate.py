@@ -192,6 +192,19 @@ def test_finetuning_a_trained_model_takes_no_steps_and_beats_random(debug_zoo):
     assert ((random_steps == -1) | (res["acc"][2:] >= target)).all()
 
 
+def test_report_warns_when_the_zoo_makes_too_few_mistakes_for_wrong_iou(debug_zoo):
+    arch, flat, _ = zoo_models(debug_zoo, MLP3, SEEN.id)
+    wrong = score_flat(arch, flat, SEEN)["wrong"].sum(1).double()
+
+    def caveat(few: int) -> tuple[float, bool]:
+        r = evaluate_samples(arch, flat[:1], SEEN, debug_zoo, baselines=False, cfg=EvalConfig(few_errors=few))
+        return r["zoo"]["wrong_median"], any("little resolution" in n for n in r["notes"])
+
+    median = wrong.median().item()
+    assert caveat(10**6) == (median, True)
+    assert caveat(int(median) - 1) == (median, False)
+
+
 def test_report_on_a_seen_task(debug_zoo):
     arch, flat, records = zoo_models(debug_zoo, MLP3, SEEN.id)
     samples = torch.cat([random_permutation(arch, flat, torch.Generator().manual_seed(0)),
