@@ -313,9 +313,11 @@ def evaluate_samples(
         errors = zoo.task_wrong.sum(1).double().median().item()
         report["zoo"]["wrong_median"] = errors
         if errors <= cfg.few_errors:
+            why = ("two models with no mistakes count as IoU 1" if errors == 0 else
+                   "the same hard ones for most models")
             notes.append(f"wrong_iou has little resolution here: the task's zoo models get a median of {errors:g} of "
-                         f"{zoo.task_wrong.shape[1]} {cfg.split} examples wrong, the same hard ones for most models, "
-                         "so even models trained from scratch score near 1")
+                         f"{zoo.task_wrong.shape[1]} {cfg.split} examples wrong ({why}), so even models trained "
+                         "from scratch score near 1")
     random_flat = arch.layout().flatten(arch.init_params(cfg.n_random, g))
     report["random_init"] = zoo.group(random_flat)
 
