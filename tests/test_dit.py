@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from weightgen.generators.dit import WeightDiT
 
@@ -167,7 +168,8 @@ def test_code_conditioned_round_trip(tmp_path):
     model.set_latent_stats(0, torch.randn(30, T, D, generator=g), codes)
     model.save_pretrained(tmp_path)
     loaded = WeightDiT.from_pretrained(tmp_path)
-    assert torch.equal(loaded.mean_weight, model.mean_weight) and torch.equal(loaded.code_mean, model.code_mean)
+    for name, buf in model.task_mean.named_buffers():  # exact; unused seen_codes rows are NaN
+        torch.testing.assert_close(getattr(loaded.task_mean, name), buf, rtol=0, atol=0, equal_nan=True)
     assert torch.equal(loaded.conditional_mean(0, codes, T), model.conditional_mean(0, codes, T))
 
 
@@ -177,6 +179,49 @@ def test_task_offsets_round_trip(tmp_path):
     model.set_latent_stats(2, latents, codes)
     model.save_pretrained(tmp_path)
     loaded = WeightDiT.from_pretrained(tmp_path)
-    assert torch.equal(loaded.seen_offset, model.seen_offset)
+    assert torch.equal(loaded.task_mean.seen_offset, model.task_mean.seen_offset)
     assert torch.equal(loaded.conditional_mean(2, tasks, T), model.conditional_mean(2, tasks, T))
     assert not torch.equal(loaded.conditional_mean(2, tasks, T), loaded.conditional_mean(0, tasks, T))
+
+
+def _as_saved_before_task_mean(folder) -> None:
+    """Rewrite a saved denoiser's weights the way generators were saved before `TaskMean`: its
+    buffers at the top level under their old names, and no x mean (it was `latent_mean`)."""
+    path = folder / "diffusion_pytorch_model.safetensors"
+    state = load_file(path)
+    old = {"task_mean.weight": "mean_weight", "task_mean.code_mean": "code_mean",
+           "task_mean.seen_codes": "seen_codes", "task_mean.seen_offset": "seen_offset"}
+    del state["task_mean.x_mean"]
+    for new, name in old.items():
+        tensor = state.pop(new)
+        if tensor.numel():  # a denoiser without offsets had no such buffers
+            state[name] = tensor
+    save_file(state, path)
+
+
+@pytest.mark.parametrize("max_seen_tasks", [0, 32])
+def test_a_denoiser_saved_before_task_mean_loads_with_the_same_mean(tmp_path, max_seen_tasks):
+    tasks, _, codes, latents = _tasks_with_own_offsets(seed_noise=0.05)
+    model = _coded_model(max_seen_tasks=max_seen_tasks)
+    model.set_latent_stats(1, latents, codes)
+    # the old layout's x mean was latent_mean (float32 mean, not the ridge's float64 one)
+    model.task_mean.x_mean.copy_(model.latent_mean.flatten(1))
+    model.save_pretrained(tmp_path)
+    _as_saved_before_task_mean(tmp_path)
+    assert "task_mean.weight" not in load_file(tmp_path / "diffusion_pytorch_model.safetensors")
+    loaded = WeightDiT.from_pretrained(tmp_path)
+    assert torch.equal(loaded.conditional_mean(1, tasks, T), model.conditional_mean(1, tasks, T))
+    assert torch.equal(loaded.conditional_mean(1, None, T), model.conditional_mean(1, None, T))
+
+
+def test_a_training_state_saved_before_task_mean_loads_through_load_state_dict(tmp_path):
+    # accelerate's load_state restores the model with load_state_dict, which diffusers' hook misses
+    tasks, _, codes, latents = _tasks_with_own_offsets(seed_noise=0.05)
+    model = _coded_model(max_seen_tasks=32)
+    model.set_latent_stats(0, latents, codes)
+    model.task_mean.x_mean.copy_(model.latent_mean.flatten(1))
+    model.save_pretrained(tmp_path)
+    _as_saved_before_task_mean(tmp_path)
+    fresh = _coded_model(max_seen_tasks=32)
+    fresh.load_state_dict(load_file(tmp_path / "diffusion_pytorch_model.safetensors"))
+    assert torch.equal(fresh.conditional_mean(0, tasks, T), model.conditional_mean(0, tasks, T))

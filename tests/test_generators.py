@@ -257,13 +257,13 @@ def test_diffusion_guidance_zero_ignores_the_prompt_text(pipes):
 def test_trained_denoiser_keeps_offsets_of_seen_tasks_only(pipes):
     dit = pipes["diffusion"].denoiser
     index = pipes["diffusion"].encoder.stats.index[MLP3.slug]
-    known = dit.seen_codes[index]
+    known = dit.task_mean.seen_codes[index]
     rows = known.isfinite().all(1)
     assert rows.sum() == 3  # configs/zoo/debug.yaml: 3 seen 3-class subsets (3-5-8 is held out)
     assert not (known == task_code(parse_prompt(HELD_OUT))).all(1).any()
     # (their size is the shrunk random effect: tests/test_dit.py; with 3 tasks x 2 short-trained
     # seeds here the ridge mean already explains them, so they may be shrunk to 0)
-    assert dit.seen_offset.isfinite().all()
+    assert dit.task_mean.seen_offset.isfinite().all()
 
 
 def test_diffusion_temperature_zero_is_one_network_per_task(pipes):

@@ -18,9 +18,12 @@ the part that is linear is given to it exactly and the network learns what remai
 between seeds and the non-linear part. The code also enters the adaptive norms (`code_proj`), and
 is zeroed with the prompt for classifier-free guidance; a prompt that names no known task uses the
 arch's average code, i.e. the zoo's mean. With `max_seen_tasks > 0` each task seen in training also
-keeps its own offset from that linear mean (a shrunk random effect, `_fit_task_offsets`): the linear
+keeps its own offset from that linear mean (a shrunk random effect): the linear
 map alone lost ~1 accuracy point on seen tasks against the average of their own zoo models, and an
-unseen task, having no offset, gets the linear mean as before.
+unseen task, having no offset, gets the linear mean as before. Both live in a
+`weightgen.space.task_mean.TaskMean` (`self.task_mean`), the same one the VQ tokenizer uses.
+Generators saved before that kept its buffers at the top level (`code_mean`, `mean_weight`,
+`seen_codes`, `seen_offset`); `_move_legacy_task_mean` moves them into it, so they still load.
 
 This file holds only the denoiser; the noise process is a diffusers scheduler, owned by the
 pipeline that will use this model.
@@ -37,7 +40,7 @@ from torch import nn
 
 from weightgen.encoders.base import MetaEmbedding
 from weightgen.generators.common import TextStatsMixin
-from weightgen.space.task_mean import fit_offsets, fit_ridge
+from weightgen.space.task_mean import TaskMean
 
 
 def _mask_bias(mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -45,6 +48,10 @@ def _mask_bias(mask: torch.Tensor | None) -> torch.Tensor | None:
     if mask is None:
         return None
     return (1.0 - mask.float()).mul(-10000.0).unsqueeze(1)
+
+
+def _legacy_task_mean_hook(module: WeightDiT, state_dict, prefix: str, *_) -> None:
+    module._move_legacy_task_mean(state_dict, prefix)
 
 
 class WeightDiT(ModelMixin, ConfigMixin, TextStatsMixin):
@@ -89,15 +96,11 @@ class WeightDiT(ModelMixin, ConfigMixin, TextStatsMixin):
         self.register_buffer("latent_mean", torch.zeros(n_archs, max_tokens, latent_dim))
         self.register_buffer("latent_std", torch.ones(n_archs, max_tokens, latent_dim))
         self._register_text_stats(text_dim)
-        self.code_proj = None
+        self.code_proj = self.task_mean = None
         if task_code_dim:
             self.code_proj = nn.Linear(task_code_dim, dim)
-            self.register_buffer("code_mean", torch.zeros(n_archs, task_code_dim))
-            self.register_buffer("mean_weight", torch.zeros(n_archs, task_code_dim, max_tokens * latent_dim))
-        if task_code_dim and max_seen_tasks:
-            # seen tasks' own offsets from the ridge mean (rows past an arch's task count stay NaN: no match)
-            self.register_buffer("seen_codes", torch.full((n_archs, max_seen_tasks, task_code_dim), float("nan")))
-            self.register_buffer("seen_offset", torch.zeros(n_archs, max_seen_tasks, max_tokens * latent_dim))
+            self.task_mean = TaskMean(n_archs, task_code_dim, max_tokens * latent_dim, max_seen_tasks)
+            self.register_load_state_dict_pre_hook(_legacy_task_mean_hook)
 
     @torch.no_grad()
     def set_latent_stats(self, arch_index: int, latents: torch.Tensor, codes: torch.Tensor | None = None,
@@ -114,12 +117,7 @@ class WeightDiT(ModelMixin, ConfigMixin, TextStatsMixin):
             if codes is None or codes.shape != (n, self.config.task_code_dim):
                 raise ValueError(f"a code-conditioned denoiser needs task codes of shape ({n}, "
                                  f"{self.config.task_code_dim})")
-            _, code_mean, weight = fit_ridge(latents.flatten(1), codes, ridge)
-            self.code_mean[arch_index] = code_mean.float()
-            self.mean_weight[arch_index].zero_()
-            self.mean_weight[arch_index, :, : t * d] = weight.float()
-            if hasattr(self, "seen_offset"):
-                self._fit_task_offsets(arch_index, latents, codes)
+            self.task_mean.fit(arch_index, latents.flatten(1), codes, ridge)
         resid = latents - self.conditional_mean(arch_index, codes, t)
         std = resid.std(0) if n > 1 else torch.ones_like(latents[0])
         self.latent_std[arch_index, :t] = std.clamp_min(floor * std.median().clamp_min(1e-8))
@@ -127,30 +125,29 @@ class WeightDiT(ModelMixin, ConfigMixin, TextStatsMixin):
     def conditional_mean(self, arch_index: int, codes: torch.Tensor | None, t: int) -> torch.Tensor:
         """The latents' mean for task codes (B, task_code_dim) -> (B, t, d); None (or a denoiser
         without codes) -> the arch's mean (1, t, d)."""
-        mean = self.latent_mean[arch_index, :t][None]
-        if self.code_proj is None or codes is None:
-            return mean
+        if self.task_mean is None or codes is None:
+            return self.latent_mean[arch_index, :t][None]
         d = self.config.latent_dim
-        codes = codes.to(mean)
-        shift = (codes - self.code_mean[arch_index]) @ self.mean_weight[arch_index, :, : t * d]
-        if hasattr(self, "seen_offset"):
-            match = (codes[:, None] == self.seen_codes[arch_index][None]).all(-1)  # (B, tasks); NaN rows never match
-            shift = shift + match.to(mean) @ self.seen_offset[arch_index, :, : t * d]
-        return mean + shift.view(len(codes), t, d)
+        return self.task_mean(arch_index, codes, t * d).view(len(codes), t, d)
 
-    @torch.no_grad()
-    def _fit_task_offsets(self, arch_index: int, latents: torch.Tensor, codes: torch.Tensor) -> None:
-        """Each seen task's offset from the ridge mean (`weightgen.space.task_mean.fit_offsets`: a
-        shrunk random effect); an unseen task gets no offset, i.e. the ridge mean alone."""
-        n, t, d = latents.shape
-        self.seen_offset[arch_index].zero_()
-        self.seen_codes[arch_index] = float("nan")
-        tasks, offset = fit_offsets((latents - self.conditional_mean(arch_index, codes, t)).flatten(1), codes)
-        if len(tasks) > self.config.max_seen_tasks:
-            raise ValueError(f"{len(tasks)} seen tasks but the denoiser was built for at most "
-                             f"{self.config.max_seen_tasks} per arch")
-        self.seen_codes[arch_index, : len(tasks)] = tasks.to(self.seen_codes)
-        self.seen_offset[arch_index, : len(tasks), : t * d] = offset.float()
+    def _fix_state_dict_keys_on_load(self, state_dict) -> None:
+        """diffusers calls this in `from_pretrained` before matching keys (its loader bypasses
+        `load_state_dict`, hence the same fix in both places)."""
+        super()._fix_state_dict_keys_on_load(state_dict)
+        self._move_legacy_task_mean(state_dict)
+
+    def _move_legacy_task_mean(self, state_dict, prefix: str = "") -> None:
+        """Move a pre-`TaskMean` generator's buffers into `task_mean`; its x mean was `latent_mean`
+        then. Also a `load_state_dict` pre-hook, for training states saved by `accelerate`."""
+        if self.task_mean is None or f"{prefix}mean_weight" not in state_dict:
+            return
+        state_dict[f"{prefix}task_mean.weight"] = state_dict.pop(f"{prefix}mean_weight")
+        state_dict[f"{prefix}task_mean.code_mean"] = state_dict.pop(f"{prefix}code_mean")
+        latent_mean = state_dict[f"{prefix}latent_mean"]
+        state_dict[f"{prefix}task_mean.x_mean"] = latent_mean.flatten(1).clone()
+        for name in ("seen_codes", "seen_offset"):  # absent when built with max_seen_tasks = 0: empty
+            empty = torch.empty(getattr(self.task_mean, name).shape, dtype=latent_mean.dtype)
+            state_dict[f"{prefix}task_mean.{name}"] = state_dict.pop(f"{prefix}{name}", empty)
 
     def standardize(self, latents: torch.Tensor, arch_index: int, codes: torch.Tensor | None = None) -> torch.Tensor:
         t = latents.shape[-2]

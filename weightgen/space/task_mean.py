@@ -9,7 +9,8 @@ mean leaves, the spread between seeds:
 - `fit_offsets`: each seen task's own offset from it, as a shrunk random effect (the best linear
   unbiased predictor of a one-way mixed model): a task with many consistent models keeps nearly its
   own mean; an unseen task gets no offset, i.e. the ridge mean alone;
-- `TaskMean`: both, per arch, as saved buffers of a codec (`weightgen.encoders.vqvae`).
+- `TaskMean`: both, per arch, as saved buffers of the model that uses them (the VQ tokenizer,
+  `weightgen.encoders.vqvae`; the diffusion denoiser, `weightgen.generators.dit`).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def fit_offsets(resid: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor,
 class TaskMean(nn.Module):
     """Per-arch conditional mean of D-dim vectors (arch a uses the first dims[a]): ridge map plus
     seen-task offsets. Buffers only (fitted in closed form, saved with the owning model); rows of
-    `seen_codes` past an arch's task count are NaN, which never matches a code."""
+    `seen_codes` past an arch's task count are NaN, which never matches a code. `max_seen_tasks=0`
+    keeps the ridge map alone."""
 
     def __init__(self, n_archs: int, code_dim: int, dim: int, max_seen_tasks: int):
         super().__init__()
@@ -67,10 +69,12 @@ class TaskMean(nn.Module):
             buf[arch_index].zero_()
         self.x_mean[arch_index, :d], self.code_mean[arch_index] = x_mean.to(self.x_mean), code_mean.to(self.code_mean)
         self.weight[arch_index, :, :d] = weight.to(self.weight)
+        self.seen_codes[arch_index] = float("nan")
+        if self.seen_codes.shape[1] == 0:
+            return
         tasks, offset = fit_offsets(x - self(arch_index, codes, d), codes)
         if len(tasks) > self.seen_codes.shape[1]:
             raise ValueError(f"{len(tasks)} seen tasks but the task mean was built for at most {self.seen_codes.shape[1]}")
-        self.seen_codes[arch_index] = float("nan")
         self.seen_codes[arch_index, : len(tasks)] = tasks.to(self.seen_codes)
         self.seen_offset[arch_index, : len(tasks), :d] = offset.to(self.seen_offset)
 
