@@ -130,3 +130,17 @@ def test_bad_files(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(ZooConfig, tmp_path / "list.yaml")
+
+
+def test_only_true_and_false_are_booleans(tmp_path):
+    # YAML 1.1 reads no / off / yes as booleans, so a string setting could not be set to "no"
+    from weightgen.encoders.training import TokenizerConfig
+    from weightgen.generators.training import GeneratorTrainConfig
+
+    path = tmp_path / "g.yaml"
+    path.write_text("mixed_precision: no\n")
+    assert load_config(GeneratorTrainConfig, path).mixed_precision == "no"
+    assert load_config(GeneratorTrainConfig, None, ["mixed_precision=no"]).mixed_precision == "no"
+    assert load_config(TokenizerConfig, None, ["canonical=false"]).canonical is False
+    with pytest.raises(ConfigError, match="canonical must be bool, got 'yes'"):
+        load_config(TokenizerConfig, None, ["canonical=yes"])

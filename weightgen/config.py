@@ -8,6 +8,7 @@ unknown key is an error that names the key and the valid ones. Configs are never
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,23 @@ class ZooConfig:
     seed: int = 0  # drives task sampling, hold-out, inits and data order
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with only true / false as booleans (as YAML 1.2): PyYAML's 1.1 rules read
+    `mixed_precision: no` as False, and a string setting could not then be given the value "no"."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+def _load_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
+
+
 def load_config(cls, path: str | Path | None = None, overrides: typing.Sequence[str] = ()):
     """Build `cls` from a YAML file (or defaults when path is None) plus dotted overrides."""
     raw: dict = {}
@@ -64,7 +82,7 @@ def load_config(cls, path: str | Path | None = None, overrides: typing.Sequence[
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = _load_yaml(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]})") from e
         if not isinstance(raw, dict):
@@ -79,7 +97,7 @@ def load_config(cls, path: str | Path | None = None, overrides: typing.Sequence[
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{item}': '{p}' is not a section")
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = _load_yaml(value)
     return from_dict(cls, raw, where=str(path) if path else "config")
 
 
