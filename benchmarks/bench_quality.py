@@ -75,6 +75,16 @@ def load(kind: str, path: str | None):
     return pipe
 
 
+def _stat(group: dict | None, name: str):
+    """A statistic of a report group (evaluate_samples) that may be absent."""
+    return ((group or {}).get("stats") or {}).get(name)
+
+
+def _novelty(group: dict | None, name: str):
+    """The median of a group's novelty measure ("wrong_iou" or "distance"), or None."""
+    return (((group or {}).get("novelty") or {}).get(name) or {}).get("median")
+
+
 def run(pipe, kind: str, store: ZooStore, jobs: list[tuple[str, ArchSpec, bool, bool]], n: int, text,
         sampling: dict) -> dict:
     rows, seconds = [], 0.0
@@ -88,17 +98,14 @@ def run(pipe, kind: str, store: ZooStore, jobs: list[tuple[str, ArchSpec, bool, 
         gen = rep["generated"]
         row = {"task": tid, "arch": arch.slug, "held_out": held, "finite": out.num_finite / n,
                "gen_mean": gen["stats"]["mean"], "gen_median": gen["stats"]["median"], "gen_min": gen["stats"]["min"],
-               "zoo_mean": (rep["zoo"] or {}).get("stats", {}).get("mean"),
-               "zoo_median": (rep["zoo"] or {}).get("stats", {}).get("median"),
-               "scratch_mean": (rep["scratch"] or {}).get("stats", {}).get("mean"),
-               "gen_iou": (gen["novelty"]["wrong_iou"] or {}).get("median"),
-               "noise_iou": ((b.get("noise") or {}).get("novelty", {}).get("wrong_iou") or {}).get("median"),
+               "zoo_mean": _stat(rep["zoo"], "mean"), "zoo_median": _stat(rep["zoo"], "median"),
+               "scratch_mean": _stat(rep["scratch"], "mean"),
+               "gen_iou": _novelty(gen, "wrong_iou"), "noise_iou": _novelty(b.get("noise"), "wrong_iou"),
                "noise_matched": (b.get("noise") or {}).get("matched"),
-               "gen_distance": (gen["novelty"]["distance"] or {}).get("median"),
+               "gen_distance": _novelty(gen, "distance"),
                # the zoo's own models against the rest of the zoo (leave-one-out): what a fresh seed scores
-               "zoo_iou": (((rep["zoo"] or {}).get("novelty") or {}).get("wrong_iou") or {}).get("median"),
-               "zoo_distance": (((rep["zoo"] or {}).get("novelty") or {}).get("distance") or {}).get("median"),
-               "retrieval_mean": (b.get("retrieval") or {}).get("stats", {}).get("mean"),
+               "zoo_iou": _novelty(rep["zoo"], "wrong_iou"), "zoo_distance": _novelty(rep["zoo"], "distance"),
+               "retrieval_mean": _stat(b.get("retrieval"), "mean"),
                "speedup": (rep["finetune"] or {}).get("speedup")}
         rows.append(row)
         print(f"[{kind} {i + 1}/{len(jobs)}] {tid} {arch.describe()} gen {row['gen_mean']:.4f} "
@@ -120,13 +127,12 @@ def scratch_reference(store: ZooStore, jobs: list[tuple[str, ArchSpec, bool, boo
         task = get_task(tid)
         flat = train_from_scratch(arch, task, recipe, n, g)
         rep = evaluate_samples(arch, flat, task, store=store, baselines=["noise"])
-        noise = (rep["baselines"] or {}).get("noise") or {}
+        noise = (rep["baselines"] or {}).get("noise")
         row = {"task": tid, "arch": arch.slug, "scratch_mean": rep["generated"]["stats"]["mean"],
-               "zoo_mean": (rep["zoo"] or {}).get("stats", {}).get("mean"),
-               "scratch_iou": (rep["generated"]["novelty"]["wrong_iou"] or {}).get("median"),
-               "noise_iou": (noise.get("novelty", {}).get("wrong_iou") or {}).get("median"),
-               "noise_matched": noise.get("matched"),
-               "scratch_distance": (rep["generated"]["novelty"]["distance"] or {}).get("median")}
+               "zoo_mean": _stat(rep["zoo"], "mean"),
+               "scratch_iou": _novelty(rep["generated"], "wrong_iou"), "noise_iou": _novelty(noise, "wrong_iou"),
+               "noise_matched": (noise or {}).get("matched"),
+               "scratch_distance": _novelty(rep["generated"], "distance")}
         rows.append(row)
         print(f"[scratch {i + 1}] {tid} {arch.describe()} acc {row['scratch_mean']:.4f} zoo {row['zoo_mean']:.4f} "
               f"iou {row['scratch_iou']:.3f}/{row['noise_iou']:.3f}", flush=True)
