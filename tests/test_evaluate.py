@@ -25,6 +25,7 @@ from weightgen.evaluate import (
     evaluate_flat,
     evaluate_samples,
     metrics,
+    probe_predictions,
     score_flat,
 )
 from weightgen.novelty import nearest_zoo_distance, wrong_set_iou
@@ -192,17 +193,17 @@ def test_finetuning_a_trained_model_takes_no_steps_and_beats_random(debug_zoo):
     assert ((random_steps == -1) | (res["acc"][2:] >= target)).all()
 
 
-def test_report_warns_when_the_zoo_makes_too_few_mistakes_for_wrong_iou(debug_zoo):
+def test_report_warns_when_the_zoo_errs_on_too_little_of_the_probe(debug_zoo):
     arch, flat, _ = zoo_models(debug_zoo, MLP3, SEEN.id)
-    wrong = score_flat(arch, flat, SEEN)["wrong"].sum(1).double()
+    error = probe_predictions(arch, flat, SEEN)["wrong"].double().mean(1).median().item()
 
-    def caveat(few: int) -> tuple[float, bool]:
-        r = evaluate_samples(arch, flat[:1], SEEN, debug_zoo, baselines=False, cfg=EvalConfig(few_errors=few))
-        return r["zoo"]["wrong_median"], any("little resolution" in n for n in r["notes"])
+    def caveat(floor: float) -> tuple[float, bool]:
+        r = evaluate_samples(arch, flat[:1], SEEN, debug_zoo, baselines=False, cfg=EvalConfig(min_probe_error=floor))
+        return r["probe"]["zoo_error_median"], any("little resolution" in n for n in r["notes"])
 
-    median = wrong.median().item()
-    assert caveat(10**6) == (median, True)
-    assert caveat(int(median) - 1) == (median, False)
+    assert 0 < error < 1
+    assert caveat(1.0) == (error, True)
+    assert caveat(0.0) == (error, False)
 
 
 def test_report_on_a_seen_task(debug_zoo):
@@ -219,15 +220,30 @@ def test_report_on_a_seen_task(debug_zoo):
     # the samples are permuted zoo models: distance 0 to themselves, the same mistakes
     assert max(gen["novelty"]["distance"]["per_model"][:2]) < 1e-6
     assert gen["novelty"]["nearest_id"] == [r["id"] for r in records] + [None]
-    assert gen["novelty"]["wrong_iou"]["per_model"] == [1.0, 1.0, None]
+    # ... and on the probe: the same mistakes, no disagreement, nothing new
+    assert gen["novelty"]["probe_iou"]["per_model"] == [1.0, 1.0, None]
+    assert gen["novelty"]["disagreement"]["per_model"] == [0.0, 0.0, None]
+    assert gen["novelty"]["nearest_probe_id"] == [r["id"] for r in records] + [None]
+    assert gen["novelty"]["as_new"] == 0.0
     # the zoo's own models are compared with the others only
     assert report["zoo"]["ids"] == [r["id"] for r in records]
     assert min(report["zoo"]["novelty"]["distance"]["per_model"]) > 0.05
-    assert set(report["baselines"]) == {"noise", "average", "gaussian"}  # no retrieval for a seen task
+    assert min(report["zoo"]["novelty"]["disagreement"]["per_model"]) > 0
+    assert report["probe"]["size"] >= 3000
+    assert report["probe"]["loo_disagreement_median"] == pytest.approx(
+        report["zoo"]["novelty"]["disagreement"]["median"])
+    # no retrieval for a seen task; the closed-form mean keeps the task's own offset
+    assert set(report["baselines"]) == {"noise", "average", "gaussian", "mean", "mean+gaussian"}
     assert report["baselines"]["noise"]["target"] == gen["stats"]["mean"]
+    mean, mean_g = report["baselines"]["mean"], report["baselines"]["mean+gaussian"]
+    assert mean["stats"]["n"] == 1 and mean["seen_offset"] is True
+    assert mean_g["stats"]["n"] == EvalConfig().n_baseline and mean_g["stats"]["share_finite"] == 1.0
+    assert mean["stats"]["mean"] > 0.8  # the debug zoo's mean network of a seen task works
     assert report["random_init"]["stats"]["n"] == EvalConfig().n_random
     assert report["random_init"]["stats"]["mean"] < 0.7
-    assert report["scratch"] is None and report["finetune"] is None
+    # scratch is one of the baselines, scored on a seen task too; fine-tuning was not asked for
+    assert report["scratch"]["stats"]["n"] == EvalConfig().n_scratch and report["finetune"] is None
+    assert report["scratch"]["novelty"]["disagreement"]["min"] > 0
 
 
 def test_report_on_a_held_out_task_with_finetuning(debug_zoo, encoder):
@@ -241,7 +257,11 @@ def test_report_on_a_held_out_task_with_finetuning(debug_zoo, encoder):
     assert not set(report["generated"]["novelty"]["nearest_id"]) & {r["id"] for r in records}
     assert report["scratch"]["stats"]["n"] == EvalConfig().n_scratch
     ft = report["finetune"]
-    assert ft["target"] == pytest.approx(0.99 * report["scratch"]["stats"]["mean"])
+    # the stop condition reads val: the target is a fraction of the from-scratch val accuracy
+    assert ft["target_split"] == "val"
+    assert ft["target"] == pytest.approx(0.99 * ft["reference_val_acc"])
+    assert ft["reference_acc"] == report["scratch"]["stats"]["mean"]  # reported on test
+    assert len(ft["generated"]["final_acc"]) == 2 and len(ft["generated"]["final_val_acc"]) == 2
     assert ft["generated"]["n"] == 2 and ft["random"]["n"] == EvalConfig().n_random
     # the held-out models were trained on this task with this recipe: (almost) there already
     assert ft["generated"]["median_steps"] <= 2 and ft["speedup"] > 1
@@ -254,13 +274,14 @@ def test_report_without_a_zoo_and_for_a_task_the_zoo_lacks(debug_zoo, encoder):
     json.dumps(alone, allow_nan=False)
     assert alone["unseen"] is None and alone["zoo"] is None and alone["baselines"] == {}
     assert alone["generated"]["novelty"]["distance"] is None
-    assert alone["generated"]["novelty"]["wrong_iou"] is None
+    assert alone["generated"]["novelty"]["probe_iou"] is None and alone["probe"] is None
     assert alone["random_init"]["stats"]["n_finite"] == EvalConfig().n_random
 
     new = evaluate_samples(arch, flat[:2], task, debug_zoo, encoder=encoder, cfg=EvalConfig(n_scratch=2))
     json.dumps(new, allow_nan=False)
     assert new["unseen"] is True and new["zoo"] is None
-    assert set(new["baselines"]) == {"retrieval"}
+    assert set(new["baselines"]) == {"retrieval", "mean", "mean+gaussian"}
+    assert new["baselines"]["mean"]["seen_offset"] is False  # an unseen task gets the ridge map alone
     assert new["scratch"]["stats"]["n"] == 2 and new["scratch"]["stats"]["mean"] > 0.8
     assert new["generated"]["novelty"]["distance"]["max"] < 1e-6  # the samples are zoo models of other tasks
 
@@ -272,7 +293,8 @@ def test_held_out_argument_makes_a_task_unseen(debug_zoo, encoder):
     assert report["unseen"] is True and set(report["baselines"]) == {"retrieval"}
     assert report["baselines"]["retrieval"]["task"] != SEEN.id and report["scratch"] is None
     assert SEEN.id not in report["generated"]["novelty"]["nearest_task"]  # its models left the pool
-    assert report["zoo"]["novelty"]["wrong_iou"]["per_model"] == [1.0, 1.0]  # both zoo models are perfect
+    # two zoo models: each one's leave-one-out partner is the other
+    assert report["zoo"]["novelty"]["nearest_probe_id"] == [r["id"] for r in records][::-1]
 
 
 def test_report_on_an_image_fitting_task_with_finetuning():
@@ -282,7 +304,7 @@ def test_report_on_an_image_fitting_task_with_finetuning():
     report = evaluate_samples(arch, trained, task, finetune=True, recipe=recipe,
                               cfg=EvalConfig(n_scratch=2, n_random=4))
     json.dumps(report, allow_nan=False)
-    assert report["metric"] == "r2" and report["generated"]["novelty"]["wrong_iou"] is None
+    assert report["metric"] == "r2" and report["generated"]["novelty"]["probe_iou"] is None
     ft = report["finetune"]
     assert ft["budget"] == 100 and ft["random"]["n"] == 4
     assert ft["generated"]["reached"] == 2 and ft["speedup"] > 1

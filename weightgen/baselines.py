@@ -11,12 +11,19 @@ like with like (DESIGN.md, "Evaluation protocol"):
 - average: the mean of (up to) 16 zoo models of the task, after aligning them to each other.
 - gaussian: a per-coordinate Gaussian fitted to the aligned zoo models of the task and arch: the
   simplest generative model of that task's weights, with no learned structure.
+- mean: the closed-form conditional mean of the arch's seen-task zoo models, one network per task:
+  a ridge map from the task code (`weightgen.tasks.task_code`) to the aligned weights, plus the
+  task's own shrunk offset when it is a seen task (`weightgen.space.task_mean`). It is what the
+  default generators were built around: a generator that does not beat it adds nothing.
+- mean+gaussian: that mean plus per-coordinate Gaussian residuals, their std fitted on the seen
+  zoo models' residuals around it: a generator of spread with no learned structure.
 - retrieval, for unseen tasks: the zoo models of the seen task whose description is closest
   (cosine of pooled MiniLM embeddings), i.e. what a generator that only looks up a neighbour gives.
 
-Averaging and the Gaussian fit use permutation-aligned weights (`canonicalize`): averaging models
-whose hidden units are in different orders mixes unrelated units. Both use only models of the
-query task: the task-conditional weight distribution is what a generator is asked to learn.
+Averaging and the Gaussian fits use permutation-aligned weights (`canonicalize`): averaging models
+whose hidden units are in different orders mixes unrelated units. average and gaussian use only
+models of the query task (the task-conditional weight distribution a generator is asked to learn);
+mean and mean+gaussian use the seen tasks' models only, as a generator does.
 
 For unseen tasks, `train_from_scratch` trains the arch on the task with the zoo's own recipe (the
 reference accuracy) and `finetune_steps` counts the optimiser steps a start needs to reach a target
@@ -26,15 +33,17 @@ accuracy, many starts batched as in the zoo trainer.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 from weightgen.config import ZooConfig, from_dict
-from weightgen.evaluate import evaluate_flat, evaluate_params
+from weightgen.metrics import evaluate_flat, evaluate_params
 from weightgen.space.symmetry import canonicalize
+from weightgen.space.task_mean import TaskMean
 from weightgen.specs import ArchSpec
-from weightgen.tasks import TaskSpec, get_task
+from weightgen.tasks import TASK_CODE_DIM, TaskSpec, get_task, task_code
 from weightgen.zoo.build import recipe_of
 from weightgen.zoo.store import ZooStore
 from weightgen.zoo.trainer import Recipe, batch_loss, epoch_order, train_batched
@@ -117,6 +126,39 @@ def gaussian_baseline(
     return mean + std * torch.randn(n, mean.numel(), generator=generator)
 
 
+@dataclass
+class ConditionalMean:
+    """The closed-form conditional mean of one arch's seen-task zoo models and their residual spread."""
+
+    task_mean: TaskMean  # ridge map from the task code, plus seen-task offsets (if fitted with them)
+    std: torch.Tensor  # (P,) per-coordinate std of the seen models' residuals around it
+    numel: int
+
+    @classmethod
+    def fit(cls, arch: ArchSpec, aligned: torch.Tensor, tasks: list[str], offsets: bool = True) -> ConditionalMean:
+        """aligned (N, P): seen-task zoo models of the arch, permutation-aligned to one reference
+        (`weightgen.novelty.align_zoo`); tasks: each model's task id."""
+        codes = torch.stack([task_code(get_task(t)) for t in tasks])  # (N, C)
+        n_tasks = len(set(tasks)) if offsets else 0
+        tm = TaskMean(1, TASK_CODE_DIM, aligned.shape[1], n_tasks)
+        tm.fit(0, aligned.float(), codes)
+        resid = aligned.float() - tm(0, codes, aligned.shape[1])
+        std = resid.std(0) if len(resid) > 1 else torch.zeros(aligned.shape[1])
+        return cls(tm, std, aligned.shape[1])
+
+    def has_offset(self, task: TaskSpec) -> bool:
+        """Whether the task is one of the seen tasks with its own offset."""
+        return bool((self.task_mean.seen_codes[0] == task_code(task)).all(-1).any())
+
+    def mean(self, task: TaskSpec) -> torch.Tensor:
+        """(1, P): the task's conditional mean network."""
+        return self.task_mean(0, task_code(task)[None], self.numel)
+
+    def sample(self, task: TaskSpec, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(n, P): the mean plus per-coordinate Gaussian residuals."""
+        return self.mean(task) + self.std * torch.randn(n, self.numel, generator=generator)
+
+
 def retrieval_baseline(
     arch: ArchSpec,
     task: TaskSpec,
@@ -174,14 +216,16 @@ def finetune_steps(
     recipe: Recipe,
     target: float,
     generator: torch.Generator | None = None,
-    split: str = "test",
+    split: str = "val",
     eval_every: int = 1,
 ) -> dict:
-    """Optimiser steps each start (K, P) needs to reach `target` accuracy on `split` when trained
-    on the task with `recipe`, all K starts batched; at most the recipe's budget (epochs * steps
-    per epoch). Returns {"steps": (K,) long, -1 where never reached; "acc": (K,) accuracy at the
-    end; "budget": int}. A start already at the target takes 0 steps; training stops once every
-    start has reached it.
+    """Optimiser steps each start (K, P) needs to reach `target` accuracy on `split` (the stop
+    condition: the validation split, so no test example decides when to stop) when trained on the
+    task with `recipe`, all K starts batched; at most the recipe's budget (epochs * steps per
+    epoch). Returns {"steps": (K,) long, -1 where never reached; "acc": (K,) accuracy on `split` at
+    the end; "flat": (K, P) the weights at the end, for the caller to score on test; "budget": int}.
+    A start already at the target takes 0 steps; training stops once every start has reached it.
+    Reads only the train split and `split`.
 
     The step is the zoo trainer's (same optimiser, batch size, loss and precision, each model its
     own data order), with the accuracy checked every `eval_every` steps; with eval_every > 1 a
@@ -218,4 +262,5 @@ def finetune_steps(
                 steps[(steps < 0) & (acc >= target)] = done
                 if (steps >= 0).all():
                     break
-    return {"steps": steps, "acc": acc, "budget": budget}
+    flat = arch.layout().flatten({n: p.detach() for n, p in params.items()})
+    return {"steps": steps, "acc": acc, "flat": flat, "budget": budget}

@@ -228,27 +228,46 @@ def _print_sample_report(result: dict) -> None:
         return
     gen = report["generated"]
     table = Table(title=f"{report['task']} with {report['arch']} ({report['metric']}, {report['split']} split)")
-    for col in ("sample", report["metric"], "nearest-zoo distance", "max wrong-set IoU"):
+    for col in ("sample", report["metric"], "nearest-zoo distance", "probe max wrong-set IoU", "probe disagreement"):
         table.add_column(col, justify="right")
-    dist = (gen["novelty"]["distance"] or {}).get("per_model") or [None] * len(gen["acc"])
-    iou = (gen["novelty"]["wrong_iou"] or {}).get("per_model") or [None] * len(gen["acc"])
-    for i, (a, d, u) in enumerate(zip(gen["acc"], dist, iou)):
+    none = [None] * len(gen["acc"])
+    dist = (gen["novelty"]["distance"] or {}).get("per_model") or none
+    iou = (gen["novelty"]["probe_iou"] or {}).get("per_model") or none
+    dis = (gen["novelty"]["disagreement"] or {}).get("per_model") or none
+    for i, (a, d, u, v) in enumerate(zip(gen["acc"], dist, iou, dis)):
         mark = " *" if i == report.get("best_sample") else ""
-        table.add_row(f"{i}{mark}", _fmt(a), _fmt(d, 3), _fmt(u, 3))
+        table.add_row(f"{i}{mark}", _fmt(a), _fmt(d, 3), _fmt(u, 3), _fmt(v, 3))
     console.print(table)
     summary = Table(title="comparison (mean over models)")
-    for col in ("models", "n", report["metric"], "median", "min", "max", "nearest-zoo distance (median)"):
+    for col in ("models", "n", report["metric"], "median", "min", "max", "nearest-zoo distance (median)",
+                "probe disagreement (median)", "as new"):
         summary.add_column(col, justify="right" if col != "models" else "left")
     rows = [("generated", gen), ("zoo, same task and arch", report.get("zoo")),
             ("trained from scratch here", report.get("scratch")), ("random init", report.get("random_init"))]
     for name, group in rows:
         if group:
             st = group["stats"]
-            dist = (group["novelty"]["distance"] or {}).get("median")
+            nov = group["novelty"]
+            dist = (nov["distance"] or {}).get("median")
             summary.add_row(name, str(st["n"]), _fmt(st["mean"]), _fmt(st["median"]), _fmt(st["min"]), _fmt(st["max"]),
-                            _fmt(dist, 3))
+                            _fmt(dist, 3), _fmt((nov["disagreement"] or {}).get("median"), 3), _fmt(nov["as_new"], 2))
     console.print(summary)
     console.print("* best sample by validation accuracy (saved as best/)")
+
+
+def _print_groups(report: dict) -> None:
+    """Every group of one evaluation (checkpoints, zoo, baselines) side by side: accuracy and probe novelty."""
+    from weightgen.report import groups
+
+    table = Table(title=f"{report['task']} with {report['arch']}: accuracy ({report['split']}) and novelty (probe)")
+    for col in ("models", "n", report["metric"], "probe max wrong-set IoU", "probe disagreement", "as new"):
+        table.add_column(col, justify="right" if col != "models" else "left")
+    for name, g in groups(report).items():
+        nov = g["novelty"]
+        table.add_row("checkpoints" if name == "generated" else name, str(g["stats"]["n"]), _fmt(g["stats"]["mean"]),
+                      _fmt((nov["probe_iou"] or {}).get("median"), 3), _fmt((nov["disagreement"] or {}).get("median"), 3),
+                      _fmt(nov["as_new"], 2))
+    console.print(table)
 
 
 @app.command("eval")
@@ -257,7 +276,8 @@ def eval_cmd(
     task: str = typer.Option(None, "--task", help="Task id or prompt (default: each checkpoint's metadata)."),
     zoo: Path = typer.Option(None, "--zoo", help="Zoo to compare against (zoo statistics and novelty)."),
     out: Path = typer.Option(Path("report.json"), "--out", help="Where to write the JSON report (`weightgen report` reads its folder)."),
-    baselines: bool = typer.Option(False, "--baselines", help="Also score the memorisation baselines (slower)."),
+    baselines: bool = typer.Option(False, "--baselines", help="Also score the baselines: noise, average, gaussian, the closed-form mean and mean+gaussian, "
+                                   "retrieval (unseen tasks) and models trained from scratch (slower)."),
 ):
     """Score checkpoints on their task; writes report.json."""
     import json as _json
@@ -274,6 +294,9 @@ def eval_cmd(
     for c in report["checkpoints"]:
         table.add_row(escape(c["path"]), c["task"], c["arch"], _fmt(c["acc"]))
     console.print(table)
+    if zoo is not None:
+        for rep in report["groups"]:
+            _print_groups(rep)
     console.print(f"report: {out}")
 
 

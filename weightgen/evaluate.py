@@ -1,14 +1,14 @@
-"""Evaluation: task metrics of one module or of many weight vectors at once, and the full report.
-
-The metric is accuracy for classification tasks and R^2 (1 - MSE / variance) for image-fitting
-tasks, so that "higher is better" holds everywhere; loss is mean cross-entropy or MSE.
+"""Evaluation: the full report of N generated weight vectors (the metrics live in `weightgen.metrics`).
 
 `evaluate_samples` runs DESIGN.md's evaluation protocol on N generated weight vectors of one arch
-and task: accuracy statistics of the samples, of the zoo's models of that task and of random
-inits; novelty (`weightgen.novelty`); baselines a generator must beat, and for unseen tasks a
-from-scratch reference and fine-tuning speed (`weightgen.baselines`). Every group of models is
-scored in batched forward passes, and the report holds only plain numbers, strings and lists, so
-it goes straight into JSON.
+and task: accuracy on the clean test split of the samples, of the zoo's models of that task and of
+random inits; novelty (`weightgen.novelty`): weight distance to the nearest zoo model, and on the
+task's probe set (`weightgen.probe`) the max wrong-set IoU and the disagreement with the nearest
+zoo model, read against the zoo's own leave-one-out figures; baselines a generator must beat (the
+closed-form conditional mean and mean + Gaussian among them), a from-scratch reference and, for
+unseen tasks, fine-tuning speed (`weightgen.baselines`). Every group of models is scored in batched
+forward passes, and the report holds only plain numbers, strings and lists, so it goes straight
+into JSON.
 """
 
 from __future__ import annotations
@@ -20,10 +20,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from weightgen.errors import ArchError, ConfigError
-from weightgen.novelty import align_zoo, nearest_zoo_distance, wrong_set_iou
+from weightgen.metrics import (  # noqa: F401  (re-exported: the metrics were defined here before)
+    accuracy_stats,
+    cross_entropy,
+    evaluate_flat,
+    evaluate_module,
+    evaluate_params,
+    metrics,
+    probe_predictions,
+    score_flat,
+)
+from weightgen.novelty import align_zoo, functional_novelty, nearest_zoo_distance
 from weightgen.specs import ArchSpec
 from weightgen.tasks import SPLITS, TaskSpec
 
@@ -33,131 +42,26 @@ if TYPE_CHECKING:
     from weightgen.zoo.trainer import Recipe
 
 
-def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-example cross-entropy, logits (..., C), y (...) -> (...): logsumexp(z) - z_y.
-
-    Written out because F.cross_entropy on a (K*B, C) tensor with small C runs ~10x slower on CPU
-    (its log_softmax vectorises along C); these few elementwise ops are the whole step's hot spot."""
-    z = logits - logits.detach().amax(-1, keepdim=True)  # shift for stability; exact for the value
-    return z.exp().sum(-1).log() - z.gather(-1, y.expand(*logits.shape[:-1]).unsqueeze(-1)).squeeze(-1)
-
-
-def metrics(logits: torch.Tensor, y: torch.Tensor, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits (..., n, out), y (n,) or (n, 1) -> (acc (...), loss (...)) averaged over the n examples."""
-    if loss == "mse":
-        err = (logits - y).pow(2).mean(dim=(-2, -1))
-        return (1.0 - err / y.var(unbiased=False).clamp_min(1e-12)).double(), err
-    # in float64, so two models with the same number of right answers get bit-identical accuracies
-    # and medians (in float32 a median ratio of equal counts came out as 0.99999997)
-    acc = (logits.argmax(-1) == y).double().mean(-1)
-    return acc, cross_entropy(logits, y).mean(-1)
-
-
-@torch.no_grad()
-def evaluate_module(module: nn.Module, task: TaskSpec, split: str = "test") -> dict[str, float]:
-    """Accuracy and loss of one ordinary nn.Module on a task's split."""
-    x, y = task.split(split)
-    module.eval()
-    acc, loss = metrics(module(x), y, task.loss)
-    return {"acc": acc.item(), "loss": loss.item()}
-
-
-@torch.no_grad()
-def evaluate_params(
-    arch: ArchSpec,
-    params: dict[str, torch.Tensor],
-    tasks: TaskSpec | list[TaskSpec],
-    split: str = "test",
-    chunk: int = 1024,
-) -> dict[str, torch.Tensor]:
-    """Metrics of K stacked networks (params (K, *shape)) on their tasks: one task for all, or one
-    per network. Returns acc, loss (K,) and finite (K,): whether every weight is finite."""
-    k = next(iter(params.values())).shape[0]
-    tasks = [tasks] * k if isinstance(tasks, TaskSpec) else list(tasks)
-    acc, loss = torch.empty(k, dtype=torch.float64), torch.empty(k)
-    finite = torch.stack([p.flatten(1).isfinite().all(1) for p in params.values()]).all(0)
-    by_task: dict[TaskSpec, list[int]] = {}
-    for i, t in enumerate(tasks):
-        by_task.setdefault(t, []).append(i)
-    # models of one task share the data, so each group is one batched forward pass
-    for task, rows in by_task.items():
-        x, y = task.split(split)
-        for start in range(0, len(rows), chunk):
-            idx = torch.tensor(rows[start : start + chunk])
-            sub = {n: p[idx].float() for n, p in params.items()}
-            logits = arch.forward_batched(sub, x.expand(len(idx), *x.shape))
-            acc[idx], loss[idx] = metrics(logits, y, task.loss)
-    acc[~finite], loss[~finite] = float("nan"), float("nan")
-    return {"acc": acc, "loss": loss, "finite": finite}
-
-
-def evaluate_flat(arch: ArchSpec, flat: torch.Tensor, tasks, split: str = "test") -> dict[str, torch.Tensor]:
-    """Metrics of N flat weight vectors (N, P) of one arch; see `evaluate_params`."""
-    return evaluate_params(arch, arch.layout().unflatten(flat), tasks, split)
-
-
-@torch.no_grad()
-def score_flat(
-    arch: ArchSpec, flat: torch.Tensor, task: TaskSpec, split: str = "test", chunk: int = 1024
-) -> dict[str, torch.Tensor | None]:
-    """Metrics of N flat weight vectors (N, P) on one task, with what novelty needs besides.
-
-    Returns acc and loss (N,), NaN for models that do not run; finite (N,): every weight and every
-    output on the split is finite; wrong (N, n) bool: the examples a classifier gets wrong (None
-    for image-fitting tasks, which have no wrong answers)."""
-    params = arch.layout().unflatten(flat)
-    x, y = task.split(split)
-    n = flat.shape[0]
-    acc, loss = torch.full((n,), float("nan"), dtype=torch.float64), torch.full((n,), float("nan"))
-    finite = torch.zeros(n, dtype=torch.bool)
-    wrong = torch.zeros(n, len(y), dtype=torch.bool) if task.loss == "ce" else None
-    for start in range(0, n, chunk):
-        rows = slice(start, min(start + chunk, n))
-        sub = {name: p[rows].float() for name, p in params.items()}
-        logits = arch.forward_batched(sub, x.expand(rows.stop - rows.start, *x.shape))  # (k, n, out)
-        ok = flat[rows].isfinite().all(1) & logits.flatten(1).isfinite().all(1)
-        a, lo = metrics(logits, y, task.loss)
-        acc[rows], loss[rows] = a.masked_fill(~ok, float("nan")), lo.masked_fill(~ok, float("nan"))
-        finite[rows] = ok
-        if wrong is not None:
-            wrong[rows] = logits.argmax(-1) != y
-    return {"acc": acc, "loss": loss, "finite": finite, "wrong": wrong}
-
-
-def accuracy_stats(acc: torch.Tensor, finite: torch.Tensor | None = None) -> dict:
-    """{"n", "n_finite", "share_finite", "mean", "median", "max", "min", "std"} of N accuracies.
-
-    Models that are not finite (`finite` False, or a NaN accuracy) are counted in n and
-    share_finite and left out of every other statistic; std is the population std (0 for one
-    model); statistics of no model are None."""
-    acc = acc.detach().double().flatten()
-    ok = acc.isfinite() if finite is None else finite.flatten() & acc.isfinite()
-    vals = acc[ok]
-    out = {"n": len(acc), "n_finite": len(vals), "share_finite": len(vals) / len(acc) if len(acc) else None}
-    if len(vals) == 0:
-        return out | dict.fromkeys(("mean", "median", "max", "min", "std"))
-    return out | {"mean": vals.mean().item(), "median": vals.quantile(0.5).item(), "max": vals.max().item(),
-                  "min": vals.min().item(), "std": vals.std(correction=0).item()}
-
-
-BASELINES = ("noise", "average", "gaussian", "retrieval")
+# "scratch" is reported as its own group (report["scratch"]); the rest under report["baselines"]
+BASELINES = ("noise", "average", "gaussian", "mean", "mean+gaussian", "retrieval", "scratch")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     """How `evaluate_samples` measures; the defaults are DESIGN.md's protocol."""
 
-    split: str = "test"  # the split every accuracy and wrong-prediction set is measured on
+    split: str = "test"  # the split every reported accuracy is measured on
     n_random: int = 16  # random inits scored (arch.init_params, the zoo's init law); also the random fine-tuning starts
-    n_baseline: int = 32  # models drawn by the noise and Gaussian baselines
+    n_baseline: int = 32  # models drawn by the noise, Gaussian and mean+Gaussian baselines
     n_average: int = 16  # zoo models of the task the average baseline averages (all of them, if fewer)
     noise_tolerance: float = 0.01  # the noise baseline is "matched" within this much of the target accuracy
     candidates: int = 8  # zoo models each sample is aligned to exactly (see weightgen.novelty)
     n_scratch: int = 4  # seeds trained from scratch with the zoo's recipe for the reference accuracy
-    finetune_fraction: float = 0.99  # fine-tuning target: this fraction of the from-scratch mean accuracy
+    mean_offsets: bool = True  # the mean baselines keep each seen task's own offset (as the default generators do)
+    finetune_fraction: float = 0.99  # fine-tuning target: this fraction of the from-scratch mean accuracy (on val)
     finetune_starts: int = 16  # generated samples fine-tuned (the first finite ones)
     eval_every: int = 1  # fine-tuning steps between accuracy checks (1: exact step counts)
-    few_errors: int = 3  # zoo models with at most this many wrong test examples (median) get a wrong_iou caveat
+    min_probe_error: float = 0.03  # a zoo erring on less of the probe than this gets a caveat note
     seed: int = 0  # random inits, baseline draws, from-scratch training and fine-tuning data order
 
     def __post_init__(self):
@@ -173,6 +77,11 @@ class EvalConfig:
 def _floats(t: torch.Tensor) -> list[float | None]:
     """JSON-ready list: NaN and inf become None."""
     return [v if math.isfinite(v) else None for v in t.double().tolist()]
+
+
+def _median(t: torch.Tensor) -> float | None:
+    vals = t.double()[t.double().isfinite()]
+    return vals.quantile(0.5).item() if len(vals) else None
 
 
 def _summary(t: torch.Tensor) -> dict:
@@ -196,9 +105,14 @@ class _Comparison:
                 flat = arch.layout().flatten(params).float()
         same = [i for i, r in enumerate(records) if r["task"] == task.id]
         pool = [i for i, r in enumerate(records) if r["task"] not in held]
-        # same-task models: zoo statistics, wrong-set IoU and the noise/average/Gaussian baselines
+        # same-task models: zoo statistics, probe novelty and the noise/average/Gaussian baselines
         self.task_flat, self.task_ids = flat[same], [records[i]["id"] for i in same]
-        self.task_wrong = score_flat(arch, self.task_flat, task, cfg.split)["wrong"] if same else None
+        self.task_probe = probe_predictions(arch, self.task_flat, task) if same else None
+        # the zoo's own leave-one-out novelty: what a fresh training run of the zoo scores
+        self.loo = (functional_novelty(self.task_probe, self.task_probe, leave_one_out=True)
+                    if self.task_probe is not None and len(same) > 1 else None)
+        self.loo_iou = None if self.loo is None else _median(self.loo["iou"])
+        self.loo_disagreement = None if self.loo is None else _median(self.loo["disagreement"])
         # seen-task models of the arch: what the generator could have memorised
         self.pool_ids, self.pool_tasks = [records[i]["id"] for i in pool], [records[i]["task"] for i in pool]
         self.pool = align_zoo(arch, flat[pool]) if pool else None
@@ -209,7 +123,8 @@ class _Comparison:
         """Accuracy statistics and novelty of N models (N, P). zoo_itself: the models are
         `task_flat`, so each one is compared with the other zoo models only (leave-one-out)."""
         s = score_flat(self.arch, flat, self.task, self.cfg.split)
-        novelty: dict = {"distance": None, "nearest_id": None, "nearest_task": None, "wrong_iou": None}
+        novelty: dict = {"distance": None, "nearest_id": None, "nearest_task": None, "probe_iou": None,
+                         "disagreement": None, "nearest_probe_id": None, "as_new": None, "as_new_iou": None}
         if self.pool is not None and len(flat):
             exclude = self.own_in_pool if zoo_itself else None
             d = nearest_zoo_distance(self.arch, flat, self.pool, self.cfg.candidates, exclude)
@@ -218,13 +133,15 @@ class _Comparison:
             novelty["distance"] = _summary(d["distance"])
             novelty["nearest_id"] = [self.pool_ids[i] if i >= 0 else None for i in index]
             novelty["nearest_task"] = [self.pool_tasks[i] if i >= 0 else None for i in index]
-        if self.task_wrong is not None and len(flat):
-            iou = wrong_set_iou(s["wrong"], self.task_wrong)  # (N, M_task)
-            if zoo_itself:
-                iou.fill_diagonal_(float("-inf"))
-            best = iou.max(1).values
-            best[~s["finite"] | best.isinf()] = float("nan")
-            novelty["wrong_iou"] = _summary(best)
+        if self.task_probe is not None and len(flat):
+            f = functional_novelty(probe_predictions(self.arch, flat, self.task), self.task_probe, zoo_itself)
+            novelty["probe_iou"], novelty["disagreement"] = _summary(f["iou"]), _summary(f["disagreement"])
+            novelty["nearest_probe_id"] = [self.task_ids[i] if i >= 0 else None for i in f["nearest"].tolist()]
+            ok = f["disagreement"].isfinite()
+            if self.loo_disagreement is not None and ok.any():
+                # as new as a fresh training run: novelty at least the zoo's leave-one-out median
+                novelty["as_new"] = (f["disagreement"][ok] >= self.loo_disagreement).double().mean().item()
+                novelty["as_new_iou"] = (f["iou"][ok] <= self.loo_iou).double().mean().item()
         return {"stats": accuracy_stats(s["acc"], s["finite"]), "acc": _floats(s["acc"]), "novelty": novelty}
 
 
@@ -248,19 +165,22 @@ def evaluate_samples(
     held_out: ids of the tasks the generator never saw (default: the zoo's held-out tasks). The
         task is *unseen* if it is one of them or the zoo has no model of it with this arch.
     baselines: True (every baseline that applies), False, or names from BASELINES. noise, average
-        and gaussian need zoo models of the task; retrieval applies to unseen tasks.
+        and gaussian need zoo models of the task; mean and mean+gaussian need seen-task zoo models
+        of the arch; retrieval applies to unseen tasks; scratch trains `cfg.n_scratch` models.
     finetune: also measure fine-tuning speed from generated vs random starts (trains from scratch).
-    from_scratch: train the from-scratch reference (default: for unseen tasks).
+    from_scratch: train the from-scratch reference (default: for unseen tasks, or "scratch" asked for).
     encoder: a `weightgen.text.TextEncoder` for retrieval (default: loaded when needed).
     recipe: training recipe for from-scratch and fine-tuning (default: the zoo's, else Recipe()).
 
     The report holds task, arch, metric ("accuracy" or "r2"), split, unseen (None without a zoo),
     notes (why a part is missing; how non-finite samples were counted), pools (which zoo models
-    novelty compares against), and groups of models: generated, zoo (the task's zoo models, each
-    compared with the others; wrong_median: how many examples they get wrong), random_init, baselines {name: group}, scratch. A group is
+    novelty compares against), probe (its size, the zoo's error rate on it and the zoo's
+    leave-one-out novelty medians), and groups of models: generated, zoo (the task's zoo models,
+    each compared with the others), random_init, baselines {name: group}, scratch. A group is
     {"stats": accuracy_stats, "acc": per model, "novelty": {"distance", "nearest_id",
-    "nearest_task", "wrong_iou"}}, baselines adding how they were made. finetune holds the target,
-    budget, step counts of both kinds of start and the speedup. Absent parts are None."""
+    "nearest_task", "probe_iou", "disagreement", "nearest_probe_id", "as_new", "as_new_iou"}},
+    baselines adding how they were made. finetune holds the target, budget, step counts of both
+    kinds of start and the speedup. Absent parts are None."""
     from weightgen import baselines as bl  # it builds on this module's metrics, so it is imported late
 
     if (task.in_dim, task.out_dim) != (arch.in_dim, arch.out_dim):
@@ -286,8 +206,10 @@ def evaluate_samples(
             "distance": f"{len(zoo.pool_ids)} zoo models of {arch.describe()} of tasks the generator saw "
                         "(all but held-out tasks): what it could have memorised; relative L2 distance "
                         "||P w - z|| / ||z|| after weight matching",
-            "wrong_iou": f"{len(zoo.task_ids)} zoo models of {task.id} with this arch (held-out ones included)",
+            "probe": f"{len(zoo.task_ids)} zoo models of {task.id} with this arch (held-out ones included), "
+                     "compared on the task's probe set (weightgen.probe)",
         },
+        "probe": None,
     }
 
     # 1. accuracy and novelty of the samples, the zoo and random inits
@@ -300,29 +222,56 @@ def evaluate_samples(
     if store is None:
         notes.append("no zoo given: only the generated samples and random inits are scored")
     elif not zoo.task_ids:
-        notes.append(f"the zoo has no model of {task.id} with {arch.describe()}: zoo statistics and the "
-                     "noise, average and gaussian baselines are skipped")
+        notes.append(f"the zoo has no model of {task.id} with {arch.describe()}: zoo statistics, probe novelty and "
+                     "the noise, average and gaussian baselines are skipped")
     elif unseen and wanted & {"noise", "average", "gaussian"}:
         notes.append("the noise, average and gaussian baselines of an unseen task are built from its held-out "
                      "zoo models, which the generator never saw: they are references, not a generator's shortcut")
     if task.loss == "mse":
-        notes.append("wrong_iou is not defined for image-fitting tasks (no prediction is wrong or right)")
-    elif zoo.task_wrong is not None:
-        # a few wrong examples are the same hard ones for every model at zoo accuracy, so the max IoU
-        # sits near 1 even for models trained from scratch (benchmarks/RESULTS.md, issue 5)
-        errors = zoo.task_wrong.sum(1).double().median().item()
-        report["zoo"]["wrong_median"] = errors
-        if errors <= cfg.few_errors:
-            why = ("two models with no mistakes count as IoU 1" if errors == 0 else
-                   "the same hard ones for most models")
-            notes.append(f"wrong_iou has little resolution here: the task's zoo models get a median of {errors:g} of "
-                         f"{zoo.task_wrong.shape[1]} {cfg.split} examples wrong ({why}), so even models trained "
-                         "from scratch score near 1")
+        notes.append("probe novelty is not defined for image-fitting tasks (no prediction is wrong or right)")
+    elif zoo.task_probe is not None:
+        error = zoo.task_probe["wrong"].double().mean(1).median().item()
+        report["probe"] = {"size": zoo.task_probe["wrong"].shape[1], "zoo_error_median": error,
+                           "loo_iou_median": zoo.loo_iou, "loo_disagreement_median": zoo.loo_disagreement,
+                           "as_new_rule": "disagreement with the nearest zoo model >= the zoo's leave-one-out median"}
+        if error < cfg.min_probe_error:
+            notes.append(f"the task's zoo models err on only {error:.1%} of the {report['probe']['size']} probe "
+                         "examples, so probe novelty has little resolution here")
+        if zoo.loo is None:
+            notes.append("the zoo has one model of this task and arch: no leave-one-out reference, so as_new is None")
     random_flat = arch.layout().flatten(arch.init_params(cfg.n_random, g))
     report["random_init"] = zoo.group(random_flat)
 
     # 2. baselines, scored like the samples
-    out: dict = {}
+    report["baselines"] = _baselines(bl, zoo, wanted, report, store, encoder, held, unseen, g, cfg) if wanted - {"scratch"} else None
+
+    # 3. from-scratch reference and fine-tuning speed
+    report["scratch"] = report["finetune"] = None
+    if finetune or (("scratch" in wanted or unseen) if from_scratch is None else from_scratch):
+        recipe = recipe or bl.zoo_recipe(store)
+        scratch = bl.train_from_scratch(arch, task, recipe, cfg.n_scratch, g)
+        report["scratch"] = zoo.group(scratch) | {"recipe": dataclasses.asdict(recipe)}
+        reference = report["scratch"]["stats"]["mean"]
+        if finetune and reference is None:
+            notes.append("fine-tuning skipped: every from-scratch model diverged, so there is no target")
+        elif finetune:
+            # the stop condition reads the validation split, so the test split stays unseen until
+            # the reported accuracies; the target is a fraction of the from-scratch val accuracy
+            val_reference = score_flat(arch, scratch, task, "val")["acc"].nanmean().item()
+            runs = torch.tensor([a is not None for a in report["generated"]["acc"]], dtype=torch.bool)
+            generated = flat[runs][: cfg.finetune_starts]
+            target = cfg.finetune_fraction * val_reference
+            res = bl.finetune_steps(arch, task, torch.cat([generated, random_flat]), recipe, target, g,
+                                    "val", cfg.eval_every)
+            res["test_acc"] = score_flat(arch, res["flat"], task, cfg.split)["acc"]
+            report["finetune"] = _finetune_report(res, len(generated), target, reference, val_reference, cfg, notes)
+    return report
+
+
+def _baselines(bl, zoo: _Comparison, wanted: set[str], report: dict, store, encoder, held: set[str], unseen,
+               g: torch.Generator, cfg: EvalConfig) -> dict:
+    """The baselines group by group (see `weightgen.baselines`), each scored like the samples."""
+    arch, task, notes, out = zoo.arch, zoo.task, report["notes"], {}
     target = report["generated"]["stats"]["mean"]
     if "noise" in wanted and zoo.task_ids:
         if target is None:
@@ -343,47 +292,41 @@ def evaluate_samples(
     if "gaussian" in wanted and zoo.task_ids:
         drawn = bl.gaussian_baseline(arch, zoo.task_flat, cfg.n_baseline, g)
         out["gaussian"] = zoo.group(drawn) | {"n_fitted": len(zoo.task_ids)}
+    if wanted & {"mean", "mean+gaussian"}:
+        if zoo.pool is None or task.kind == "digits-image":
+            notes.append("mean baselines skipped: the zoo has no seen-task model of this arch (or the task has no code)")
+        else:
+            fit = bl.ConditionalMean.fit(arch, zoo.pool.aligned, zoo.pool_tasks, cfg.mean_offsets)
+            info = {"n_fitted": len(zoo.pool_tasks), "seen_offset": fit.has_offset(task)}
+            if "mean" in wanted:
+                out["mean"] = zoo.group(fit.mean(task)) | info
+            if "mean+gaussian" in wanted:
+                out["mean+gaussian"] = zoo.group(fit.sample(task, cfg.n_baseline, g)) | info
     if "retrieval" in wanted and unseen:
         found = bl.retrieval_baseline(arch, task, store, encoder, held)
         if found is None:
             notes.append(f"retrieval baseline skipped: the zoo has no seen task with {arch.describe()}")
         else:
             out["retrieval"] = zoo.group(found[0]) | found[1]
-    report["baselines"] = out if wanted else None
-
-    # 3. from-scratch reference and fine-tuning speed
-    report["scratch"] = report["finetune"] = None
-    if finetune or (unseen if from_scratch is None else from_scratch):
-        recipe = recipe or bl.zoo_recipe(store)
-        scratch = bl.train_from_scratch(arch, task, recipe, cfg.n_scratch, g)
-        report["scratch"] = zoo.group(scratch) | {"recipe": dataclasses.asdict(recipe)}
-        reference = report["scratch"]["stats"]["mean"]
-        if finetune and reference is None:
-            notes.append("fine-tuning skipped: every from-scratch model diverged, so there is no target")
-        elif finetune:
-            # generated and random starts in one batched run; only samples that run are fine-tuned
-            runs = torch.tensor([a is not None for a in report["generated"]["acc"]], dtype=torch.bool)
-            generated = flat[runs][: cfg.finetune_starts]
-            target = cfg.finetune_fraction * reference
-            res = bl.finetune_steps(arch, task, torch.cat([generated, random_flat]), recipe, target, g,
-                                    cfg.split, cfg.eval_every)
-            report["finetune"] = _finetune_report(res, len(generated), target, reference, cfg, notes)
-    return report
+    return out
 
 
-def _finetune_report(res: dict, k: int, target: float, reference: float, cfg: EvalConfig, notes: list[str]) -> dict:
+def _finetune_report(res: dict, k: int, target: float, reference: float, val_reference: float, cfg: EvalConfig,
+                     notes: list[str]) -> dict:
     """The fine-tuning part of the report from `finetune_steps` on k generated then random starts."""
     budget = res["budget"]
 
-    def side(steps: torch.Tensor, acc: torch.Tensor) -> dict:
+    def side(steps: torch.Tensor, val_acc: torch.Tensor, test_acc: torch.Tensor) -> dict:
         reached = steps >= 0
         capped = torch.where(reached, steps, budget).double()  # a start that never got there counts as the budget
         return {"n": len(steps), "reached": int(reached.sum()),
                 "steps": [s if s >= 0 else None for s in steps.tolist()],
                 "median_steps": capped.quantile(0.5).item() if len(steps) else None,
-                "mean_steps": capped.mean().item() if len(steps) else None, "final_acc": _floats(acc)}
+                "mean_steps": capped.mean().item() if len(steps) else None,
+                "final_val_acc": _floats(val_acc), "final_acc": _floats(test_acc)}
 
-    gen, rnd = side(res["steps"][:k], res["acc"][:k]), side(res["steps"][k:], res["acc"][k:])
+    gen = side(res["steps"][:k], res["acc"][:k], res["test_acc"][:k])
+    rnd = side(res["steps"][k:], res["acc"][k:], res["test_acc"][k:])
     # a start already at the target counts as one step, so the ratio stays finite
     speedup = rnd["median_steps"] / max(gen["median_steps"], 1.0) if k else None
     if not k:
@@ -392,5 +335,6 @@ def _finetune_report(res: dict, k: int, target: float, reference: float, cfg: Ev
         if s["n"] and s["reached"] < s["n"]:
             notes.append(f"fine-tuning: {s['n'] - s['reached']} of {s['n']} {name} starts never reached the "
                          f"target within the recipe's {budget} steps; they count as {budget}")
-    return {"target": target, "reference_acc": reference, "fraction": cfg.finetune_fraction, "budget": budget,
-            "eval_every": cfg.eval_every, "generated": gen, "random": rnd, "speedup": speedup}
+    return {"target": target, "target_split": "val", "reference_val_acc": val_reference, "reference_acc": reference,
+            "fraction": cfg.finetune_fraction, "budget": budget, "eval_every": cfg.eval_every, "generated": gen,
+            "random": rnd, "speedup": speedup}

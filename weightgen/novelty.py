@@ -9,9 +9,16 @@ accuracy is read beside two measures of closeness to the zoo (DESIGN.md, "Evalua
   ||P w - z|| = ||w - P^-1 z||, so d does not depend on which side is permuted; 0 means a permuted
   copy, and dividing by ||z|| makes it comparable across archs (about sqrt(2) for two unrelated
   vectors of equal norm).
-- behaviour: the IoU |A & B| / |A | B| of the sets of test examples two classifiers get wrong,
-  maximised over zoo models of the same task; 1 means the same mistakes. Two models that make no
-  mistake count as 1: nothing on that test set tells them apart.
+- behaviour, on the task's probe set (`weightgen.probe`: the test inputs and many slightly
+  perturbed copies, so that good models disagree somewhere):
+  - the IoU |A & B| / |A | B| of the sets of probe examples two classifiers get wrong, maximised
+    over zoo models of the same task and arch; 1 means the same mistakes. Two models that make no
+    mistake count as 1: nothing on the probe tells them apart;
+  - the disagreement with the nearest zoo model, 1 - max_z (share of probe examples on which the
+    sample and z predict the same class); 0 for a copy.
+  Both are read against the zoo's own leave-one-out figures (each zoo model against the other zoo
+  models of its task and arch): a sample whose disagreement reaches the zoo's leave-one-out median
+  is "as new as a fresh training run" (`as_new`).
 
 Aligning every sample to every zoo model exactly is N*M weight matchings. `nearest_zoo_distance`
 instead aligns all of them once to a common centre (N + M matchings) and ranks the zoo by the
@@ -105,3 +112,32 @@ def wrong_set_iou(wrong: torch.Tensor, zoo_wrong: torch.Tensor) -> torch.Tensor:
     inter = a @ b.T  # (N, M)
     union = a.sum(1, keepdim=True) + b.sum(1) - inter
     return torch.where(union > 0, inter / union.clamp_min(1.0), torch.ones_like(inter))
+
+
+def agreement(pred: torch.Tensor, zoo_pred: torch.Tensor) -> torch.Tensor:
+    """Share of examples on which two classifiers predict the same class: pred (N, n), zoo_pred (M, n)
+    long class indices (-1 for a model that does not run, which agrees with nothing) -> (N, M) float64."""
+    k = int(max(pred.max(), zoo_pred.max(), 0)) + 1
+    # one-hot rows, so all N * M agreement counts are one matrix product
+    a = torch.nn.functional.one_hot(pred.clamp_min(0), k).double() * (pred >= 0)[..., None]  # (N, n, k)
+    b = torch.nn.functional.one_hot(zoo_pred.clamp_min(0), k).double() * (zoo_pred >= 0)[..., None]
+    return a.flatten(1) @ b.flatten(1).T / pred.shape[1]
+
+
+def functional_novelty(probe: dict, zoo_probe: dict, leave_one_out: bool = False) -> dict[str, torch.Tensor]:
+    """Behavioural novelty of N models against M zoo models, from `metrics.probe_predictions` of
+    both: iou (N,) the max wrong-set IoU, disagreement (N,) 1 - the max agreement, nearest (N,) the
+    zoo index of that max agreement. leave_one_out: the N models are the M zoo models themselves,
+    and none is compared with itself. NaN (and -1) for models that do not run or have no other to
+    compare with."""
+    iou = wrong_set_iou(probe["wrong"], zoo_probe["wrong"])  # (N, M)
+    agree = agreement(probe["pred"], zoo_probe["pred"])  # (N, M)
+    usable = zoo_probe["ok"][None].expand_as(iou).clone()
+    if leave_one_out:
+        usable.fill_diagonal_(False)
+    iou, agree = iou.masked_fill(~usable, float("-inf")), agree.masked_fill(~usable, float("-inf"))
+    best_iou = iou.max(1).values if iou.shape[1] else torch.full((len(iou),), float("-inf"), dtype=torch.float64)
+    best_agree, nearest = agree.max(1) if agree.shape[1] else (best_iou.clone(), torch.full((len(iou),), -1))
+    bad = ~probe["ok"] | best_agree.isinf()
+    return {"iou": best_iou.masked_fill(bad, float("nan")), "disagreement": (1 - best_agree).masked_fill(bad, float("nan")),
+            "nearest": nearest.masked_fill(bad, -1)}

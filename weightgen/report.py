@@ -17,7 +17,8 @@ from weightgen.errors import WeightgenError
 
 # fixed colours, so a group looks the same in every plot and report
 COLOURS = {"generated": "#d62728", "zoo": "#1f77b4", "random_init": "#7f7f7f", "scratch": "#2ca02c",
-           "noise": "#ff7f0e", "average": "#9467bd", "gaussian": "#8c564b", "retrieval": "#e377c2"}
+           "noise": "#ff7f0e", "average": "#9467bd", "gaussian": "#8c564b", "retrieval": "#e377c2",
+           "mean": "#17becf", "mean+gaussian": "#bcbd22"}
 
 
 def load_reports(folder: str | Path) -> list[dict]:
@@ -125,14 +126,21 @@ def write_report(folder: str | Path) -> Path:
         lines += [f"## {report['task']} with {report['arch']}", ""]
         if report.get("unseen"):
             lines += ["The generator never saw this task (held out or absent from its zoo).", ""]
+        probe = report.get("probe")
+        if probe:
+            lines += [f"Probe: {probe['size']} examples; the zoo errs on {_f(probe['zoo_error_median'])} of them "
+                      f"(median); zoo leave-one-out: max wrong-set IoU {_f(probe['loo_iou_median'])}, disagreement "
+                      f"{_f(probe['loo_disagreement_median'])}. As new as a fresh training run: {probe['as_new_rule']}.", ""]
         lines += [f"| models | n | finite | mean {report['metric']} | median | min | max | nearest-zoo distance "
-                  "(median) | max wrong-set IoU (median) |", "|---|---|---|---|---|---|---|---|---|"]
+                  "(median) | probe max wrong-set IoU (median) | probe disagreement (median) | as new |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, g in groups(report).items():
             st, nov = g["stats"], g.get("novelty") or {}
             dist = (nov.get("distance") or {}).get("median")
-            iou = (nov.get("wrong_iou") or {}).get("median")
+            iou = (nov.get("probe_iou") or {}).get("median")
+            dis = (nov.get("disagreement") or {}).get("median")
             lines.append(f"| {name} | {st['n']} | {_f(st['share_finite'])} | {_f(st['mean'])} | {_f(st['median'])} | "
-                         f"{_f(st['min'])} | {_f(st['max'])} | {_f(dist)} | {_f(iou)} |")
+                         f"{_f(st['min'])} | {_f(st['max'])} | {_f(dist)} | {_f(iou)} | {_f(dis)} | {_f(nov.get('as_new'))} |")
         ft = report.get("finetune")
         if ft:
             lines += ["", f"Fine-tuning to {ft['target']:.4f}: median {ft['generated']['median_steps']:.0f} steps "

@@ -45,7 +45,7 @@ from torch import nn
 from weightgen import atomic
 from weightgen.checkpoint import load_state_dict
 from weightgen.errors import ArchError, CheckpointError, ConfigError, WeightgenError, ZooError
-from weightgen.evaluate import evaluate_flat
+from weightgen.metrics import evaluate_flat
 from weightgen.space.dataset import ArchWeights, zoo_weights
 from weightgen.specs import ArchSpec
 from weightgen.tasks import get_task

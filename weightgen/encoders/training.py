@@ -17,7 +17,7 @@ import torch
 from weightgen.config import to_dict
 from weightgen.encoders.base import TokenCodecMixin
 from weightgen.errors import ZooError
-from weightgen.evaluate import cross_entropy
+from weightgen.metrics import cross_entropy
 from weightgen.space.dataset import ArchWeights, zoo_weights
 from weightgen.tasks import get_task
 from weightgen.zoo.store import ZooStore

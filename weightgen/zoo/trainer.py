@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from weightgen.errors import ConfigError
-from weightgen.evaluate import cross_entropy, evaluate_params
+from weightgen.metrics import cross_entropy, evaluate_params
 from weightgen.specs import ArchSpec
 from weightgen.tasks import SPLITS, TaskSpec
 
