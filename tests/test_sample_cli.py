@@ -50,6 +50,29 @@ def test_sample_files_load_model_and_eval_agree(debug_generators, run_cli, tmp_p
         assert by_path[path] == pytest.approx(acc, abs=1e-6)
 
 
+def test_eval_with_baselines_scores_every_baseline_on_the_probe(debug_zoo, run_cli, tmp_path):
+    from weightgen.checkpoint import save_model
+
+    # two zoo models of a seen task, exported as checkpoints: a copy, so disagreement 0
+    arch = debug_zoo.archs["mlp-64-16-3-relu"]
+    task = get_task("digits-subset-0-7-8")
+    ids = [r["id"] for r in debug_zoo.records if r["task"] == task.id and r["arch"] == arch.slug]
+    for i in ids:
+        model = arch.build()
+        model.load_state_dict(debug_zoo.state_dict(i))
+        save_model(model, tmp_path / "ckpt" / f"{i}.safetensors", arch=arch, task=task)
+    report_path = tmp_path / "report.json"
+    code, stdout, err = run_cli("eval", tmp_path / "ckpt", "--zoo", debug_zoo.root, "--baselines", "--out", report_path,
+                                timeout=300)
+    assert code == 0, err
+    group = json.loads(report_path.read_text())["groups"][0]
+    assert set(group["baselines"]) == {"noise", "average", "gaussian", "mean", "mean+gaussian"}
+    assert group["scratch"]["stats"]["n"] >= 1  # scratch is scored on a seen task too
+    assert group["generated"]["novelty"]["disagreement"]["max"] == 0.0
+    assert group["generated"]["novelty"]["probe_iou"]["min"] == 1.0
+    assert "mean+gaussian" in stdout and "scratch" in stdout and "as new" in stdout
+
+
 def test_sample_same_seed_same_files(debug_generators, run_cli, tmp_path):
     args = ["sample", HELD_OUT, "--generator", debug_generators["diffusion"], "-n", "2", "--no-eval", "--json"]
     files = []

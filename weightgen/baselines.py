@@ -33,6 +33,7 @@ accuracy, many starts batched as in the zoo trainer.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -71,6 +72,7 @@ def noise_baseline(
     grid: int = 9,
     rounds: int = 3,
     log10_range: tuple[float, float] = (-4.0, 1.0),
+    score: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """n noisy copies (n, P) of the zoo models (M, P), taken in turn, whose mean accuracy on `split`
     matches `target`; and {"sigma", "acc", "target", "matched"}.
@@ -79,14 +81,15 @@ def noise_baseline(
     monotone function of sigma. Each round scores `grid` log-spaced sigmas in one batched pass and
     narrows the range to the pair that brackets the target (a bisection with `grid` - 1 branches).
     If no sigma in range reaches the target (it is above the zoo's accuracy, or below what even
-    the largest noise gives), the closest one is kept and "matched" is False."""
+    the largest noise gives), the closest one is kept and "matched" is False. `score` (flat (K, P)
+    -> accuracy (K,)) replaces the accuracy on `split`, e.g. to match accuracy on the probe set."""
     base = zoo.float()[torch.arange(n) % len(zoo)]  # (n, P)
     step = tensor_rms(arch, base) * torch.randn(base.shape, generator=generator)  # (n, P)
     tried: dict[float, float] = {}
 
     def mean_acc(sigmas: torch.Tensor) -> torch.Tensor:
         models = (base + sigmas.view(-1, 1, 1) * step).flatten(0, 1)  # (G*n, P)
-        acc = evaluate_flat(arch, models, task, split)["acc"].view(len(sigmas), n)
+        acc = (score(models) if score else evaluate_flat(arch, models, task, split)["acc"]).view(len(sigmas), n)
         return acc.nanmean(1)  # (G,)
 
     lo, hi = log10_range

@@ -228,7 +228,7 @@ def _print_sample_report(result: dict) -> None:
         return
     gen = report["generated"]
     table = Table(title=f"{report['task']} with {report['arch']} ({report['metric']}, {report['split']} split)")
-    for col in ("sample", report["metric"], "nearest-zoo distance", "probe max wrong-set IoU", "probe disagreement"):
+    for col in ("sample", report["metric"], "nearest-zoo distance", "probe wrong-set IoU", "probe disagreement"):
         table.add_column(col, justify="right")
     none = [None] * len(gen["acc"])
     dist = (gen["novelty"]["distance"] or {}).get("per_model") or none
@@ -239,9 +239,9 @@ def _print_sample_report(result: dict) -> None:
         table.add_row(f"{i}{mark}", _fmt(a), _fmt(d, 3), _fmt(u, 3), _fmt(v, 3))
     console.print(table)
     summary = Table(title="comparison (mean over models)")
-    for col in ("models", "n", report["metric"], "median", "min", "max", "nearest-zoo distance (median)",
-                "probe disagreement (median)", "as new"):
-        summary.add_column(col, justify="right" if col != "models" else "left")
+    # medians of novelty: weight distance to the nearest zoo model, disagreement with it on the probe
+    for col in ("models", "n", report["metric"], "median", "min", "max", "distance", "disagree", "as new"):
+        summary.add_column(col, justify="right" if col != "models" else "left", no_wrap=col == "models")
     rows = [("generated", gen), ("zoo, same task and arch", report.get("zoo")),
             ("trained from scratch here", report.get("scratch")), ("random init", report.get("random_init"))]
     for name, group in rows:
