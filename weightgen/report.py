@@ -2,8 +2,9 @@
 
 Two plots per (task, arch) evaluation: a histogram of accuracy for the generated models beside the
 zoo's, the random inits', the from-scratch models' and every baseline's; and accuracy against
-novelty (distance to the nearest zoo model after permutation alignment), where a memorising
-generator sits at distance ~0 next to the zoo and the noise baseline.
+novelty, in weights (distance to the nearest zoo model after permutation alignment) and in
+behaviour (disagreement with the nearest zoo model on the task's probe set, beside the zoo's
+leave-one-out median): a memorising generator sits at ~0 on both, next to the noise baseline.
 """
 
 from __future__ import annotations
@@ -81,24 +82,30 @@ def plot(report: dict, folder: Path, stem: str) -> list[Path]:
     paths.append(_save(fig, folder / f"{stem}-accuracy.png"))
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    drawn = 0
-    for name, g in found.items():
-        dist = ((g.get("novelty") or {}).get("distance") or {}).get("per_model")
-        if not dist:
-            continue
-        pairs = [(d, a) for d, a in zip(dist, g["acc"]) if d is not None and a is not None]
-        if pairs:
-            ax.scatter(*zip(*pairs), s=18, alpha=0.7, color=COLOURS.get(name), label=name,
-                       marker="*" if name == "generated" else "o")
-            drawn += 1
-    ax.set_xlabel("novelty: relative distance to the nearest zoo model (aligned)")
-    ax.set_ylabel(f"test {metric}")
-    ax.set_title(title, fontsize=10)
-    if drawn:
-        ax.legend(fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no zoo to measure novelty against", ha="center", transform=ax.transAxes)
+    # left: distance in weights after alignment; right: disagreement on the probe, with the zoo's
+    # leave-one-out median (models right of it are "as new as a fresh training run")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120, sharey=True)
+    panels = (("distance", "relative distance to the nearest zoo model (aligned)", None),
+              ("disagreement", "disagreement with the nearest zoo model (probe)",
+               (report.get("probe") or {}).get("loo_disagreement_median")))
+    for ax, (key, label, line) in zip(axes, panels):
+        drawn = 0
+        for name, g in found.items():
+            vals = ((g.get("novelty") or {}).get(key) or {}).get("per_model")
+            pairs = [(d, a) for d, a in zip(vals or [], g["acc"]) if d is not None and a is not None]
+            if pairs:
+                ax.scatter(*zip(*pairs), s=18, alpha=0.7, color=COLOURS.get(name), label=name,
+                           marker="*" if name == "generated" else "o")
+                drawn += 1
+        if line is not None:
+            ax.axvline(line, color="#1f77b4", linestyle="--", linewidth=1, label="zoo leave-one-out median")
+        ax.set_xlabel(f"novelty: {label}")
+        if drawn:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no zoo to measure novelty against", ha="center", transform=ax.transAxes)
+    axes[0].set_ylabel(f"test {metric}")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     paths.append(_save(fig, folder / f"{stem}-novelty.png"))
     plt.close(fig)
