@@ -69,8 +69,8 @@ def test_config_is_frozen_and_serialisable(debug_config_path):
         cfg.epochs = 5
     d = to_dict(cfg)
     assert d["archs"] == [
-        {"family": "mlp", "hidden": [16], "activation": "relu"},
-        {"family": "cnn", "hidden": [4], "activation": "relu"},
+        {"family": "mlp", "hidden": [16], "activation": "relu", "held_out": False},
+        {"family": "cnn", "hidden": [4], "activation": "relu", "held_out": False},
     ]
     assert from_dict(ZooConfig, d) == cfg  # the config written beside a zoo reads back as the same config
 

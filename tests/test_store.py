@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 import weightgen
 from weightgen.cli import zoo_export
 from weightgen.config import ZooConfig, load_config, to_dict
-from weightgen.errors import ZooError
+from weightgen.errors import ConfigError, ZooError
 from weightgen.evaluate import evaluate_module
 from weightgen.tasks import SPLITS, get_task
 from weightgen.zoo.build import build_zoo
@@ -228,6 +228,55 @@ def test_resume_after_kill(debug_config_path, repo_root, tmp_path):
     build_zoo(cfg, ref, progress=False)
     assert_same_records(read_records(out), read_records(ref), tol=1e-6)
     assert_same_shards(out, ref, atol=1e-6)
+
+
+def test_held_out_archs_never_reach_a_generator(debug_config_path, tmp_path):
+    from weightgen.space.dataset import zoo_weights
+
+    archs = ["{family: mlp, hidden: [16]}", "{family: mlp, hidden: [12], held_out: true}"]
+    cfg = load_config(ZooConfig, debug_config_path, [f"archs=[{', '.join(archs)}]", "epochs=1"])
+    store = build_zoo(cfg, tmp_path / "zoo", progress=False)
+    held = {slug for slug, a in store.manifest["archs"].items() if a["held_out"]}
+    assert held == store.held_out_archs and held and all("-12-" in slug for slug in held)
+    for r in store.records:  # a held-out arch's models are held out whatever their task
+        assert r["held_out"] == (r["arch"] in held or r["task"] in store.held_out)
+    for w in zoo_weights(store):
+        assert (len(w.train) == 0) == (w.arch.slug in held)
+    # the evaluation treats a held-out arch as unseen, and compares with no model of it
+    from weightgen.evaluate import evaluate_samples
+
+    slug = sorted(held)[0]
+    params, records = store.load_arch(slug, include_held_out=True)
+    task = get_task(records[0]["task"])
+    flat = store.archs[slug].layout().flatten(params)[:1]
+    report = evaluate_samples(store.archs[slug], flat, task, store, baselines=False, from_scratch=False)
+    assert report["unseen_arch"] is True and report["unseen"] is True
+    assert report["generated"]["novelty"]["distance"] is None  # no seen model of this arch to memorise
+    # one arch from two templates, one of them held out, is a contradiction
+    bad = load_config(ZooConfig, debug_config_path, [f"archs=[{archs[0]}, {{family: mlp, hidden: [16], held_out: true}}]"])
+    with pytest.raises(ConfigError, match="held out"):
+        build_zoo(bad, tmp_path / "bad", progress=False)
+
+
+def test_the_widths_zoos_hold_out_whole_archs(repo_root):
+    from weightgen.zoo.build import make_manifest
+
+    for name in ("digits-widths", "digits-widths-independent"):
+        m = make_manifest(load_config(ZooConfig, repo_root / "configs" / "zoo" / f"{name}.yaml"))
+        hidden = {tuple(a["sizes"][1:-1]) for a in m["archs"].values()}
+        held = {tuple(m["archs"][s]["sizes"][1:-1]) for s in m["held_out_archs"]}
+        assert held == {(20,), (48,), (48, 24)} and held < hidden
+        assert min(h[0] for h in hidden) == 16 and max(h[0] for h in hidden) == 64
+        assert {len(h) for h in hidden} == {1, 2} and m["held_out"]
+
+
+def test_a_zoo_from_before_a_config_key_existed_resumes(debug_zoo, debug_config_path, tmp_path):
+    root = shutil.copytree(debug_zoo.root, tmp_path / "zoo")
+    manifest = json.loads((root / "zoo.json").read_text())
+    for a in manifest["config"]["archs"]:
+        del a["held_out"]  # as written by a weightgen without arch hold-out
+    (root / "zoo.json").write_text(json.dumps(manifest))
+    build_zoo(load_config(ZooConfig, debug_config_path), root, progress=False)  # no "another config" error
 
 
 def test_build_into_zoo_of_another_config_fails(debug_zoo, debug_config_path, tmp_path):

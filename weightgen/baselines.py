@@ -172,11 +172,11 @@ def retrieval_baseline(
     """The zoo models (k, P) of the seen task most similar to `task`, and {"task", "similarity",
     "ids", "ranking"}; None if the zoo has no other seen task with this arch.
 
-    Seen tasks are those of the arch's zoo models outside `held_out` (default: the zoo's held-out
-    tasks), never `task` itself. Similarity is the cosine of the pooled prompt embeddings of the
+    Seen tasks are those of the arch's zoo models that the zoo does not hold out and that are
+    outside `held_out` (default: the zoo's held-out tasks), never `task` itself. Similarity is the cosine of the pooled prompt embeddings of the
     task descriptions (`TextEncoder.encode(...).pooled`, already unit-norm)."""
     held = store.held_out if held_out is None else set(held_out)
-    records = [r for r in store.records if r["arch"] == arch.slug]
+    records = [r for r in store.records if r["arch"] == arch.slug and not r["held_out"]]
     seen = sorted({r["task"] for r in records} - held - {task.id})
     if not seen:
         return None

@@ -88,6 +88,9 @@ def _print_info(store) -> None:
     if m["held_out"]:
         shown = ", ".join(m["held_out"][:8]) + (" …" if len(m["held_out"]) > 8 else "")
         console.print(f"held out: {escape(shown)}")
+    if store.held_out_archs:  # every model of these archs is held out, whatever its task
+        texts = sorted(m["archs"][slug]["text"] for slug in store.held_out_archs if slug in m["archs"])
+        console.print(f"held-out archs ({len(texts)}): {escape('; '.join(texts))}")
 
 
 @zoo_app.command("export")

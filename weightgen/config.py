@@ -25,6 +25,7 @@ class ArchTemplate:
     family: str = "mlp"  # mlp | cnn | inr
     hidden: tuple[int, ...] = (32,)  # hidden widths (mlp, inr) or conv channels (cnn)
     activation: str = "relu"  # relu | gelu | tanh
+    held_out: bool = False  # every model of this template is held out: an arch no generator trains on
 
 
 @dataclass(frozen=True)

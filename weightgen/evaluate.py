@@ -104,7 +104,8 @@ class _Comparison:
             if records:
                 flat = arch.layout().flatten(params).float()
         same = [i for i, r in enumerate(records) if r["task"] == task.id]
-        pool = [i for i, r in enumerate(records) if r["task"] not in held]
+        # the zoo's own hold-out (tasks and whole archs) plus the caller's extra held-out tasks
+        pool = [i for i, r in enumerate(records) if not r["held_out"] and r["task"] not in held]
         # same-task models: zoo statistics, probe novelty and the noise/average/Gaussian baselines
         self.task_flat, self.task_ids = flat[same], [records[i]["id"] for i in same]
         self.task_probe = probe_predictions(arch, self.task_flat, task) if same else None
@@ -163,7 +164,8 @@ def evaluate_samples(
 
     store: the zoo the generator was trained on; None scores only the samples and random inits.
     held_out: ids of the tasks the generator never saw (default: the zoo's held-out tasks). The
-        task is *unseen* if it is one of them or the zoo has no model of it with this arch.
+        task is *unseen* if it is one of them, the arch is one the zoo holds out or lacks
+        (`unseen_arch`), or the zoo has no model of it with this arch.
     baselines: True (every baseline that applies), False, or names from BASELINES. noise, average
         and gaussian need zoo models of the task; mean and mean+gaussian need seen-task zoo models
         of the arch; retrieval applies to unseen tasks; scratch trains `cfg.n_scratch` models.
@@ -197,11 +199,12 @@ def evaluate_samples(
     g = torch.Generator().manual_seed(cfg.seed)
     held = set(held_out) if held_out is not None else store.held_out if store is not None else set()
     zoo = _Comparison(arch, task, store, held, cfg)
-    unseen = None if store is None else task.id in held or not zoo.task_ids
+    unseen_arch = None if store is None else arch.slug in store.held_out_archs or arch.slug not in store.archs
+    unseen = None if store is None else task.id in held or unseen_arch or not zoo.task_ids
     notes: list[str] = []
     report: dict = {
         "task": task.id, "arch": arch.describe(), "metric": "r2" if task.loss == "mse" else "accuracy",
-        "split": cfg.split, "unseen": unseen, "notes": notes,
+        "split": cfg.split, "unseen": unseen, "unseen_arch": unseen_arch, "notes": notes,
         "pools": {
             "distance": f"{len(zoo.pool_ids)} zoo models of {arch.describe()} of tasks the generator saw "
                         "(all but held-out tasks): what it could have memorised; relative L2 distance "

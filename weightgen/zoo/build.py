@@ -25,8 +25,8 @@ from rich.progress import (
 )
 
 from weightgen import atomic
-from weightgen.config import ArchTemplate, ZooConfig, to_dict
-from weightgen.errors import ConfigError, ZooError
+from weightgen.config import ArchTemplate, ZooConfig, from_dict, to_dict
+from weightgen.errors import ConfigError, WeightgenError, ZooError
 from weightgen.specs import ArchSpec
 from weightgen.tasks import TaskSpec, all_subset_tasks, get_task
 from weightgen.zoo.store import ZOO_FORMAT, ZooStore
@@ -83,9 +83,12 @@ def make_manifest(cfg: ZooConfig) -> dict:
     tasks, held = select_tasks(cfg)
     groups: dict[ArchSpec, list[tuple[str, int]]] = {}
     templates: dict[str, int] = {}
+    held_archs: dict[str, bool] = {}
     for ti, template in enumerate(cfg.archs):
         for task in tasks:
             arch = arch_for_task(template, task)
+            if held_archs.setdefault(arch.slug, template.held_out) != template.held_out:
+                raise ConfigError(f"{arch.describe()} comes from two arch templates, one held out and one not")
             templates[arch.slug] = ti
             groups.setdefault(arch, []).extend((task.id, s) for s in range(cfg.seeds))
     shards, next_id = [], 0
@@ -99,9 +102,11 @@ def make_manifest(cfg: ZooConfig) -> dict:
         "format": ZOO_FORMAT,
         "name": cfg.name,
         "config": to_dict(cfg),
-        "archs": {a.slug: {**a.to_dict(), "text": a.describe(), "template": templates[a.slug]} for a in groups},
+        "archs": {a.slug: {**a.to_dict(), "text": a.describe(), "template": templates[a.slug],
+                           "held_out": held_archs[a.slug]} for a in groups},
         "tasks": {t.id: {"description": t.description, "held_out": t.id in held} for t in tasks},
         "held_out": held,
+        "held_out_archs": [slug for slug, h in held_archs.items() if h],
         "shards": shards,
     }
 
@@ -128,6 +133,15 @@ def _init(cfg: ZooConfig, arch: ArchSpec, template: int, ids: list[int]) -> dict
     return {n: torch.cat([p[n] for p in parts]) for n in parts[0]}
 
 
+def _saved_config(store: ZooStore) -> dict | None:
+    """The config a zoo folder was built from, with keys added since then at their defaults (so a
+    zoo from an older weightgen resumes), or None if it is not a zoo config at all."""
+    try:
+        return to_dict(from_dict(ZooConfig, store.manifest.get("config"), where=f"{store.root}/zoo.json config"))
+    except WeightgenError:
+        return None
+
+
 def build_zoo(cfg: ZooConfig, out: str | Path, progress: bool = True) -> ZooStore:
     """Build (or finish building) the zoo described by `cfg` in folder `out`."""
     from accelerate import PartialState
@@ -138,7 +152,7 @@ def build_zoo(cfg: ZooConfig, out: str | Path, progress: bool = True) -> ZooStor
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     store = ZooStore(out)
     manifest = make_manifest(cfg)
-    if (store.root / "zoo.json").is_file() and store.manifest.get("config") != manifest["config"]:
+    if (store.root / "zoo.json").is_file() and _saved_config(store) != manifest["config"]:
         raise ZooError(f"{store.root} holds a zoo built from another config; choose a new --out or delete it")
     if state.is_main_process:
         atomic.remove_leftovers(store.root)
@@ -147,7 +161,7 @@ def build_zoo(cfg: ZooConfig, out: str | Path, progress: bool = True) -> ZooStor
     state.wait_for_everyone()
 
     recipe = recipe_of(cfg)
-    held = set(manifest["held_out"])
+    held, held_archs = set(manifest["held_out"]), set(manifest["held_out_archs"])
     mine = manifest["shards"][state.process_index :: state.num_processes]
     done = {s["file"]: store.shard_records(s["file"]) for s in manifest["shards"]}
     todo = [s for s in mine if done[s["file"]] is None]
@@ -172,7 +186,7 @@ def build_zoo(cfg: ZooConfig, out: str | Path, progress: bool = True) -> ZooStor
             params, metrics = train_batched(arch, tasks, init, recipe, g, on_step=step)
             records = [
                 {"id": mid, "task": tid, "arch": arch.slug, "seed": seed, "init": cfg.init,
-                 "held_out": tid in held, "shard": shard["file"], "row": row, **m}
+                 "held_out": tid in held or arch.slug in held_archs, "shard": shard["file"], "row": row, **m}
                 for row, ((mid, tid, seed), m) in enumerate(zip(shard["models"], metrics))
             ]
             store.write_shard(shard["file"], params, arch, records)

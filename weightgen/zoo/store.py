@@ -96,7 +96,14 @@ class ZooStore:
 
     @property
     def held_out(self) -> set[str]:
+        """Ids of the held-out tasks: no generator trains on their models."""
         return set(self.manifest["held_out"])
+
+    @property
+    def held_out_archs(self) -> set[str]:
+        """Slugs of the held-out archs: no generator trains on any of their models (zoos from before
+        arch hold-out have none)."""
+        return set(self.manifest.get("held_out_archs", []))
 
     @cached_property
     def archs(self) -> dict[str, ArchSpec]:
