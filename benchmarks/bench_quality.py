@@ -163,8 +163,9 @@ def group_summary(rows: list[dict], name: str) -> dict:
             out["seen_mean_ratio"] = _med([g["mean"] / z["mean"] for g, z, _ in pairs if z and z["mean"]])
             out["seen_ratio_at_or_above_1_share"] = _mean([g["median"] >= z["median"] for g, z, _ in pairs if z and z["median"]])
         ratios = [g["mean"] / s["mean"] for g, _, s in pairs if s and s["mean"]]
-        out[f"{part}_scratch_mean_ratio"] = _mean(ratios)
-        out[f"{part}_scratch_min_ratio"] = min(ratios) if ratios else None
+        ref = "held_out" if held else "seen_scratch"  # held-out ratios are to from-scratch by definition
+        out[f"{ref}_mean_ratio"] = _mean(ratios)
+        out[f"{ref}_min_ratio"] = min(ratios) if ratios else None
         out[f"{part}_acc_mean"] = _mean([g["mean"] for g, _, _ in pairs])
         out[f"{part}_iou"] = _med([g["iou"] for g, _, _ in pairs])
         out[f"{part}_disagreement"] = _med([g["disagreement"] for g, _, _ in pairs])
@@ -172,8 +173,6 @@ def group_summary(rows: list[dict], name: str) -> dict:
         out[f"{part}_as_new"] = _mean([g["as_new"] for g, _, _ in pairs])
         out[f"{part}_finite"] = _mean([g["finite"] for g, _, _ in pairs])
         out[f"{part}_pairs"] = len(pairs)
-    if "held_out_scratch_mean_ratio" in out:
-        out["held_out_mean_ratio"], out["held_out_min_ratio"] = out["held_out_scratch_mean_ratio"], out["held_out_scratch_min_ratio"]
     return out
 
 

@@ -88,7 +88,7 @@ def test_the_mean_baselines_have_the_right_shapes_and_are_finite(debug_zoo):
     params, records = debug_zoo.load_arch(MLP3)  # seen tasks only, as a generator sees them
     pool = align_zoo(arch, arch.layout().flatten(params))
     tasks = [r["task"] for r in records]
-    fit = ConditionalMean.fit(arch, pool.aligned, tasks)
+    fit = ConditionalMean.fit(pool.aligned, tasks)
     p = arch.layout().numel
     for task in (SEEN, HELD):
         mean, drawn = fit.mean(task), fit.sample(task, 5, torch.Generator().manual_seed(0))
@@ -98,7 +98,7 @@ def test_the_mean_baselines_have_the_right_shapes_and_are_finite(debug_zoo):
     assert fit.has_offset(SEEN) and not fit.has_offset(HELD)
     assert fit.std.shape == (p,) and (fit.std >= 0).all() and fit.std.max() > 0
     # without offsets every task gets the ridge map alone; a held-out task gets it either way
-    ridge = ConditionalMean.fit(arch, pool.aligned, tasks, offsets=False)
+    ridge = ConditionalMean.fit(pool.aligned, tasks, offsets=False)
     assert not ridge.has_offset(SEEN) and torch.allclose(ridge.mean(HELD), fit.mean(HELD))
 
 

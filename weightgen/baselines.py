@@ -138,8 +138,8 @@ class ConditionalMean:
     numel: int
 
     @classmethod
-    def fit(cls, arch: ArchSpec, aligned: torch.Tensor, tasks: list[str], offsets: bool = True) -> ConditionalMean:
-        """aligned (N, P): seen-task zoo models of the arch, permutation-aligned to one reference
+    def fit(cls, aligned: torch.Tensor, tasks: list[str], offsets: bool = True) -> ConditionalMean:
+        """aligned (N, P): seen-task zoo models of one arch, permutation-aligned to one reference
         (`weightgen.novelty.align_zoo`); tasks: each model's task id."""
         codes = torch.stack([task_code(get_task(t)) for t in tasks])  # (N, C)
         n_tasks = len(set(tasks)) if offsets else 0

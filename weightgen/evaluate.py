@@ -299,7 +299,7 @@ def _baselines(bl, zoo: _Comparison, wanted: set[str], report: dict, store, enco
         if zoo.pool is None or task.kind == "digits-image":
             notes.append("mean baselines skipped: the zoo has no seen-task model of this arch (or the task has no code)")
         else:
-            fit = bl.ConditionalMean.fit(arch, zoo.pool.aligned, zoo.pool_tasks, cfg.mean_offsets)
+            fit = bl.ConditionalMean.fit(zoo.pool.aligned, zoo.pool_tasks, cfg.mean_offsets)
             info = {"n_fitted": len(zoo.pool_tasks), "seen_offset": fit.has_offset(task)}
             if "mean" in wanted:
                 out["mean"] = zoo.group(fit.mean(task)) | info

@@ -135,9 +135,12 @@ def functional_novelty(probe: dict, zoo_probe: dict, leave_one_out: bool = False
     usable = zoo_probe["ok"][None].expand_as(iou).clone()
     if leave_one_out:
         usable.fill_diagonal_(False)
-    iou, agree = iou.masked_fill(~usable, float("-inf")), agree.masked_fill(~usable, float("-inf"))
-    best_iou = iou.max(1).values if iou.shape[1] else torch.full((len(iou),), float("-inf"), dtype=torch.float64)
-    best_agree, nearest = agree.max(1) if agree.shape[1] else (best_iou.clone(), torch.full((len(iou),), -1))
+    # one never-usable column, so the max is defined with no zoo model to compare with (all -inf)
+    pad = torch.full((len(iou), 1), float("-inf"), dtype=torch.float64)
+    iou = torch.cat([iou.masked_fill(~usable, float("-inf")), pad], 1)
+    agree = torch.cat([agree.masked_fill(~usable, float("-inf")), pad], 1)
+    best_iou = iou.max(1).values
+    best_agree, nearest = agree.max(1)
     bad = ~probe["ok"] | best_agree.isinf()
     return {"iou": best_iou.masked_fill(bad, float("nan")), "disagreement": (1 - best_agree).masked_fill(bad, float("nan")),
             "nearest": nearest.masked_fill(bad, -1)}
