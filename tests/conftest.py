@@ -129,3 +129,15 @@ def debug_generators(debug_encoders, tmp_path_factory) -> dict[str, Path]:
         autoregressive.main(load_config(autoregressive.ARConfig, ROOT / "configs" / "generator" / "debug-ar.yaml",
                                         [f"tokenizer={debug_encoders['tokenizer']}", f"out={out['autoregressive']}"]))
     return out
+
+
+@pytest.fixture(scope="session")
+def debug_set_generator(debug_zoo, tmp_path_factory) -> Path:
+    """The debug neuron-set diffusion generator (configs/generator/debug-set-diffusion.yaml, 2 steps)
+    trained in-process once on the debug zoo's MLPs. Do not modify it."""
+    script = load_train_script("set_diffusion")
+    out = tmp_path_factory.mktemp("generators") / "set-diffusion"
+    with one_thread():
+        script.main(load_config(script.SetDiffusionConfig, ROOT / "configs" / "generator" / "debug-set-diffusion.yaml",
+                                [f"zoo={debug_zoo.root}", f"out={out}"]))
+    return out

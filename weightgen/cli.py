@@ -117,8 +117,11 @@ def zoo_export(
 def parse(
     prompt: str = typer.Argument(..., help='A task in plain English, e.g. "tell 4s apart from 9s with an MLP 64-16-2".'),
     arch: str = typer.Option(None, "--arch", help="Architecture text, e.g. 'MLP 64-32-2, ReLU' (overrides the prompt's)."),
+    generator: Path = typer.Option(None, "--generator", help="Say whether this generator saw the arch (default: the "
+                                   "quickstart diffusion generator, if built)."),
 ):
-    """Show how weightgen reads a prompt: the task, its data, and the architecture."""
+    """Show how weightgen reads a prompt: the task, its data, the architecture, and whether a generator
+    has seen that architecture or would sample it as a new one."""
     from weightgen.specs import ArchSpec, find_arch
     from weightgen.tasks import TaskSpec
 
@@ -136,7 +139,34 @@ def parse(
     sizes = ", ".join(f"{s} {len(task.split(s)[0])}" for s in ("train", "val", "test"))
     table.add_row("data", f"{task.in_dim} inputs, {task.out_dim} outputs; {sizes}")
     table.add_row("arch", f"{spec.describe()} ({source}), {spec.layout().numel:,} parameters")
+    status = _arch_status(spec, generator)
+    if status:
+        table.add_row("generator", status)
     console.print(table)
+
+
+def _arch_status(spec, generator: Path | None) -> str | None:
+    """'seen' / 'new' (and why) for an arch against a generator folder; None without a generator."""
+    from weightgen.errors import ArchError
+    from weightgen.home import default_generator, generator_archs
+
+    if generator is None:
+        generator = default_generator("diffusion")
+        if not (generator / "model_index.json").is_file():
+            return None
+    archs, any_width = generator_archs(generator)
+    if spec in archs:
+        return f"seen: {generator} trained on {spec.describe()}"
+    if not any_width:
+        return f"new, and {generator} serves only the archs it trained on, so it cannot sample it"
+    from weightgen.generators.set_diffusion import arch_notes
+    from weightgen.space.neurons import check_expressible
+
+    try:
+        check_expressible(spec, archs[0].sizes[0] if archs else None)
+    except ArchError as e:
+        return f"cannot be sampled by {generator}: {e}"
+    return "; ".join(arch_notes(spec, archs))
 
 
 @app.command("inspect")
@@ -178,7 +208,6 @@ def sample(
     import json as _json
 
     from weightgen.generate import check_writable, sample_to_folder, summary
-    from weightgen.generators.common import resolve_request
     from weightgen.home import load_generator
 
     if not prompt.strip():
@@ -189,7 +218,7 @@ def sample(
         check_writable(out)  # fail before loading anything
     _quiet_loading()
     pipe, found, path = load_generator(generator, kind)
-    req = resolve_request(prompt, arch, pipe.archs)
+    req = pipe.resolve(prompt, arch)
     if not as_json and arch is None and find_arch_in(prompt) is None:
         console.print(f"arch: {req.arch.describe()} (the task's default; pass --arch for another)")
     out = out or Path("runs/samples") / f"{req.task.id if req.task else 'prompt'}-{req.arch.slug}"

@@ -94,7 +94,7 @@ def sample_to_folder(pipe, kind: str, generator_dir: str | Path, prompt: str, ou
                      temperature: float | None = None, evaluate: bool = True) -> SampleRun:
     out = check_writable(out)
     samples = draw(pipe, kind, prompt, arch, num_samples, seed, steps, guidance, temperature)
-    notes = []
+    notes = list(samples.notes)
     meta = {"generator": str(generator_dir), "generator_kind": kind, "seed": seed}
     files = []
     for i, (sd, ok) in enumerate(zip(samples.state_dicts, samples.finite.tolist())):

@@ -13,7 +13,8 @@ from pathlib import Path
 from weightgen.errors import GeneratorError
 
 KINDS = ("diffusion", "ar")
-PIPELINE_KINDS = {"WeightDiffusionPipeline": "diffusion", "WeightARPipeline": "ar"}
+# pipeline class -> kind; the neuron-set diffusion pipeline is a diffusion generator (same sampling options)
+PIPELINE_KINDS = {"WeightDiffusionPipeline": "diffusion", "SetDiffusionPipeline": "diffusion", "WeightARPipeline": "ar"}
 
 
 def home() -> Path:
@@ -30,6 +31,11 @@ def default_generator(kind: str, root: Path | None = None) -> Path:
 
 def generator_kind(path: str | Path) -> str:
     """'diffusion' or 'ar', read from a saved pipeline's model_index.json."""
+    return PIPELINE_KINDS[pipeline_class(path)]
+
+
+def pipeline_class(path: str | Path) -> str:
+    """The pipeline class named by a saved folder's model_index.json."""
     index = Path(path) / "model_index.json"
     try:
         name = json.loads(index.read_text()).get("_class_name")
@@ -37,8 +43,24 @@ def generator_kind(path: str | Path) -> str:
         name = None
     if name not in PIPELINE_KINDS:
         raise GeneratorError(f"{path} is not a weightgen generator folder (no readable model_index.json naming "
-                             "WeightDiffusionPipeline or WeightARPipeline)")
-    return PIPELINE_KINDS[name]
+                             f"{', '.join(PIPELINE_KINDS)})")
+    return name
+
+
+def generator_archs(path: str | Path) -> tuple[list, bool]:
+    """(the archs a saved generator trained on, whether it samples other widths too), read from its
+    config files without loading any weights."""
+    from weightgen.specs import ArchSpec
+
+    cls = pipeline_class(path)
+    component = {"SetDiffusionPipeline": "denoiser", "WeightDiffusionPipeline": "encoder",
+                 "WeightARPipeline": "tokenizer"}[cls]
+    try:
+        archs = json.loads((Path(path) / component / "config.json").read_text()).get("archs") or []
+    except (OSError, json.JSONDecodeError, AttributeError) as e:
+        raise GeneratorError(f"{path}/{component}/config.json is missing or unreadable; the generator folder is "
+                             "incomplete") from e
+    return [ArchSpec.from_dict(a) for a in archs], cls == "SetDiffusionPipeline"
 
 
 def load_generator(path: str | Path | None, kind: str | None):
@@ -55,7 +77,9 @@ def load_generator(path: str | Path | None, kind: str | None):
     found = generator_kind(path)
     if kind is not None and kind != found:
         raise GeneratorError(f"{path} holds a {found} generator, not {kind}")
-    if found == "diffusion":
+    if pipeline_class(path) == "SetDiffusionPipeline":
+        from weightgen.generators.set_diffusion import SetDiffusionPipeline as cls
+    elif found == "diffusion":
         from weightgen.generators.diffusion import WeightDiffusionPipeline as cls
     else:
         from weightgen.generators.autoregressive import WeightARPipeline as cls

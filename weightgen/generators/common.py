@@ -10,7 +10,7 @@ refuses an arch it was not trained on, and a task kind it never saw, naming what
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -51,6 +51,7 @@ class GeneratedWeights:
     prompt: str  # the text the generator was conditioned on
     flat: torch.Tensor  # (N, P) weights in the arch's ParamLayout order
     finite: torch.Tensor  # (N,) bool: every weight of sample i is finite
+    notes: list[str] = field(default_factory=list)  # e.g. "the arch is new", an extrapolation warning
 
     @property
     def state_dicts(self) -> list[dict[str, torch.Tensor]]:
@@ -170,6 +171,10 @@ class WeightPipeline(DiffusionPipeline):
     def archs(self) -> list[ArchSpec]:
         """What this generator can produce."""
         return list(getattr(self, self.codec).arch_specs)
+
+    def resolve(self, prompt: str, arch: ArchSpec | str | None) -> Request:
+        """The request this pipeline would serve, or one clear error (`resolve_request`)."""
+        return resolve_request(prompt, arch, self.archs)
 
     def _text(self, text: str):
         """The conditioning text's embedding; `self.text_encoder` may be set to another TextEncoder."""

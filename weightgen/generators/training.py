@@ -108,8 +108,8 @@ def load_encoded_zoo(cfg: GeneratorTrainConfig, encoder, encoder_dir: str, encod
         data.append(ArchData(w.arch, encoder.stats.index[w.arch.slug], encode(w.train, w.arch, codes), prompts,
                              w.train_records, codes))
     if not data:
-        raise GeneratorError(f"zoo {store.root} has no non-held-out models to train on")
-    return data, embed_prompts(list(texts))
+        raise GeneratorError(f"zoo {store.root} has no non-held-out MLP models to train on")
+    return data, embed_prompts(list(texts)), skipped
 
 
 def task_kinds(data: list[ArchData]) -> list[str]:
@@ -166,3 +166,49 @@ def save_pipeline(pipeline, cfg, extra: dict | None = None) -> None:
             shutil.rmtree(target)
         os.replace(item, target)
     partial.rmdir()
+
+
+@dataclass
+class SetArchData:
+    """One arch's training models as neuron sets (weightgen/space/neurons.py), raw (not standardised)."""
+
+    layout: object  # NeuronLayout
+    nodes: torch.Tensor  # (N, nodes, F)
+    edges: list[torch.Tensor]  # [(N, n_l, n_{l-1})]
+    classes: torch.Tensor  # (N, k) long: the class each output neuron scores
+    prompts: torch.Tensor  # (N, max paraphrases) rows into the prompt table, -1 = none
+    task_codes: torch.Tensor  # (N, TASK_CODE_DIM)
+    records: list[dict]
+
+
+def load_set_zoo(store: ZooStore) -> tuple[list[SetArchData], PromptTable, list[str]]:
+    """Every expressible arch of a zoo as neuron sets: its non-held-out models (held-out tasks and
+    held-out archs never reach a generator), no canonicalisation (the model is equivariant), and the
+    table of every training prompt (task paraphrase + arch text), embedded once. Also returns the
+    archs skipped because neuron sets cannot express them (CNNs), for the script to say so."""
+    from weightgen.errors import ArchError
+    from weightgen.space.neurons import check_expressible, neuron_layout, output_classes
+
+    texts: dict[str, int] = {}
+    data, skipped = [], []
+    for slug, arch in store.archs.items():
+        try:
+            check_expressible(arch)
+        except ArchError:
+            skipped.append(arch.describe())
+    expressible = [s for s, a in store.archs.items() if a.describe() not in skipped]
+    for w in zoo_weights(store, canonical=False, archs=expressible):
+        if not len(w.train):
+            continue
+        layout = neuron_layout(w.arch)
+        tasks = [get_task(r["task"]) for r in w.train_records]
+        rows = [[texts.setdefault(f"{d} with {w.arch.article} {w.arch.describe()}", len(texts)) for d in t.descriptions]
+                for t in tasks]
+        width = max(len(r) for r in rows)
+        nodes, edges = layout.split(w.train)
+        data.append(SetArchData(layout, nodes, edges, torch.stack([output_classes(w.arch, t) for t in tasks]),
+                                torch.tensor([r + [-1] * (width - len(r)) for r in rows]),
+                                torch.stack([task_code(t) for t in tasks]), w.train_records))
+    if not data:
+        raise GeneratorError(f"zoo {store.root} has no non-held-out MLP models to train on")
+    return data, embed_prompts(list(texts)), skipped

@@ -1,0 +1,151 @@
+"""Train the neuron-set diffusion generator (one model for every MLP width) on a zoo's non-held-out models.
+
+    python train/train_set_diffusion.py configs/generator/set-diffusion-digits.yaml [--set steps=100 ...]
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 train/train_set_diffusion.py CONFIG
+
+No encoder and no canonicalisation: every model of every arch becomes a neuron set
+(weightgen/space/neurons.py), standardised per role, and the permutation-equivariant SetDiT learns
+to denoise it given the prompt. Re-running the same command resumes from the newest
+`OUT/checkpoints/step_N` (accelerate state).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers.training_utils import EMAModel
+from rich.progress import Progress
+
+from weightgen.encoders.training import latest_checkpoint, save_checkpoint, warmup_cosine
+from weightgen.errors import ConfigError
+from weightgen.generators.diffusion import with_null_prompt
+from weightgen.generators.set_diffusion import SetDiffusionPipeline, pack, packed_mask, unpack
+from weightgen.generators.set_dit import SetDiT
+from weightgen.generators.training import GeneratorTrainConfig, drop_mask, load_set_zoo, save_pipeline
+from weightgen.tasks import TASK_CODE_DIM, get_task
+from weightgen.zoo.store import ZooStore
+
+SAMPLERS = {"ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
+
+
+@dataclass(frozen=True)
+class SetDiffusionConfig(GeneratorTrainConfig):
+    out: str = "runs/generators/set-diffusion"
+    zoo: str = "runs/zoo/digits-widths"
+    num_layers: int = 4
+    num_attention_heads: int = 4
+    attention_head_dim: int = 32
+    prediction_type: str = "v_prediction"
+    beta_schedule: str = "squaredcos_cap_v2"
+    num_train_timesteps: int = 1000
+    cond_dropout: float = 0.1
+    sampler: str = "ddim"
+    task_code: bool = True  # the task's structure (weightgen.tasks.task_code) joins the adaptive norms
+    n_classes: int = 10
+
+
+def sample_set_batch(data, n: int, step: int, seed: int, rank: int):
+    """n models of one arch (arch drawn in proportion to its share of the zoo), one prompt each."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + rank * 7919 + step)
+    sizes = torch.tensor([len(d.nodes) for d in data], dtype=torch.float)
+    d = data[int(torch.multinomial(sizes, 1, generator=g))]
+    rows = torch.randint(len(d.nodes), (n,), generator=g)
+    choices = d.prompts[rows]
+    pick = (torch.rand(n, generator=g) * (choices >= 0).sum(1)).long()
+    return d, rows, choices[torch.arange(n), pick], g
+
+
+def main(cfg: SetDiffusionConfig) -> None:
+    if cfg.sampler not in SAMPLERS:
+        raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got '{cfg.sampler}'")
+    if cfg.prediction_type not in ("epsilon", "sample", "v_prediction"):
+        raise ConfigError(f"prediction_type must be epsilon, sample or v_prediction, got '{cfg.prediction_type}'")
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
+    torch.manual_seed(cfg.seed)
+
+    # 1. Data: every training model as a neuron set, standardised per role; every prompt embedded once.
+    data, table, skipped = load_set_zoo(ZooStore(cfg.zoo))
+    if skipped:
+        accelerator.print(f"skipping {', '.join(skipped)}: neuron sets express MLPs only")
+    in_dims = {d.layout.in_dim for d in data}
+    if len(in_dims) > 1:
+        raise ConfigError(f"zoo {cfg.zoo} mixes input sizes {sorted(in_dims)}; one generator serves one input size")
+    kinds = sorted({get_task(r["task"]).kind for d in data for r in d.records})
+    denoiser = SetDiT(in_dim=in_dims.pop(), n_classes=cfg.n_classes, num_layers=cfg.num_layers,
+                      num_attention_heads=cfg.num_attention_heads, attention_head_dim=cfg.attention_head_dim,
+                      text_dim=table.tokens.shape[-1], task_code_dim=TASK_CODE_DIM if cfg.task_code else 0,
+                      task_kinds=kinds, archs=[d.layout.arch.to_dict() for d in data])
+    denoiser.set_text_stats(table.tokens, table.mask)
+    denoiser.stats.fit([(d.layout, d.nodes, d.edges) for d in data])
+    for d in data:
+        d.nodes, d.edges = denoiser.stats.standardize(d.layout, d.nodes, d.edges)
+        d.packed = pack(d.nodes, d.edges)
+        d.keep = packed_mask(d.layout)
+    noise_sched = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
+                                prediction_type=cfg.prediction_type, clip_sample=False)
+
+    # 2. Optimiser, schedule and EMA (the LR schedule stays out of prepare(): see train_autoencoder.py).
+    opt = torch.optim.AdamW(denoiser.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = warmup_cosine(opt, cfg.steps)
+    ema = EMAModel(denoiser.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=3 / 4)
+    model, opt = accelerator.prepare(denoiser, opt)
+    accelerator.register_for_checkpointing(sched, ema)
+    ckpt, start = latest_checkpoint(cfg.out)
+    if ckpt is not None:
+        accelerator.load_state(str(ckpt))
+        accelerator.print(f"resumed from {ckpt} (step {start})")
+
+    # 3. Train: noise a batch of one arch's packed sets at random timesteps, predict the target.
+    rank, device = accelerator.process_index, accelerator.device
+    with Progress(disable=not accelerator.is_local_main_process) as progress:
+        job = progress.add_task("set diffusion", total=cfg.steps, completed=start)
+        for step in range(start, cfg.steps):
+            for micro in range(cfg.grad_accum):
+                key = step * cfg.grad_accum + micro
+                d, rows, prompt, g = sample_set_batch(data, cfg.batch_size, key, cfg.seed, rank)
+                n = len(rows)
+                drop = drop_mask(n, cfg.cond_dropout, key, cfg.seed, rank)
+                text, mask = with_null_prompt(table.tokens[prompt], table.mask[prompt],
+                                              accelerator.unwrap_model(model).null_text, drop)
+                codes = d.task_codes[rows] * ~drop[:, None]
+                x0 = d.packed[rows]
+                noise = torch.randn(x0.shape, generator=g) * d.keep
+                t = torch.randint(cfg.num_train_timesteps, (n,), generator=g)
+                noisy = noise_sched.add_noise(x0, noise, t)
+                target = {"epsilon": noise, "sample": x0}.get(cfg.prediction_type)
+                target = noise_sched.get_velocity(x0, noise, t) if target is None else target
+                nodes, edges = unpack(d.layout, noisy.to(device))
+                with accelerator.accumulate(model):
+                    out_nodes, out_edges = model(d.layout, nodes, edges, t.to(device), text.to(device),
+                                                 mask.to(device), d.classes[rows].to(device),
+                                                 task_code=codes.to(device) if cfg.task_code else None)
+                    out = pack(out_nodes, out_edges)
+                    keep = d.keep.to(device)
+                    loss = ((out.float() - target.to(device)) ** 2 * keep).sum() / (keep.sum() * n)
+                    accelerator.backward(loss)
+                    opt.step()
+                    opt.zero_grad()
+            sched.step()
+            ema.step(accelerator.unwrap_model(model).parameters())
+            progress.update(job, advance=1, description=f"set diffusion loss {loss.item():.4f}")
+            if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+                save_checkpoint(accelerator, cfg.out, step + 1)
+
+    # 4. Save the pipeline with the EMA weights, and the resolved config beside it.
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final = accelerator.unwrap_model(model)
+        ema.copy_to(final.parameters())
+        sampler = SAMPLERS[cfg.sampler].from_config(noise_sched.config)
+        save_pipeline(SetDiffusionPipeline(denoiser=final, scheduler=sampler), cfg)
+    accelerator.print(f"saved {cfg.out}")
+
+
+if __name__ == "__main__":
+    from weightgen.cli import run_script
+
+    run_script(main, SetDiffusionConfig, sys.argv[1:])

@@ -1,0 +1,156 @@
+"""SetDiT: a permutation-equivariant denoiser over neuron sets (weightgen/space/neurons.py), built
+from diffusers blocks, with no architecture index and no order within a layer.
+
+Input: one network's standardised node tokens (B, N, F) and edge matrices [(B, n_l, n_{l-1})], noisy.
+- Each node is embedded from its features plus what it means (`NodeMeta`): depth from the input and
+  from the output, log fan-in / fan-out, and for an output neuron the class it scores.
+- Every block first passes messages along the edge matrices, NFN-style (Zhou et al., 2023): a
+  neuron receives the sum of its neighbours' states weighted by the (noisy) weights that join them,
+  scaled by 1/sqrt(fan), in both directions. Then diffusers' `BasicTransformerBlock` with
+  `ada_norm_single`: self-attention over all neurons (no position embedding, so equivariant to any
+  permutation of a layer's neurons), cross-attention to the prompt's MiniLM tokens, and the timestep,
+  pooled prompt and task code in the adaptive norms (as in DiT / PixArt-alpha).
+- Output: a node head (B, N, F) and, per edge matrix, a pair head: the output for weight (a, c) is a
+  small MLP of (P h_a + Q h_c + u x_ac), so each weight is predicted from the two neurons it joins.
+Permuting the hidden neurons of the input permutes the output the same way (tests/test_neurons.py).
+Nothing in the model is sized by an architecture: it serves any width and any depth below
+`MAX_DEPTH`, including ones the zoo never had.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.attention import BasicTransformerBlock
+from diffusers.models.normalization import AdaLayerNormSingle
+from torch import nn
+
+from weightgen.generators.common import TextStatsMixin
+from weightgen.space.neurons import MAX_DEPTH, NeuronLayout, RoleStats
+
+
+def _mask_bias(mask: torch.Tensor) -> torch.Tensor:
+    return (1.0 - mask.float()).mul(-10000.0).unsqueeze(1)
+
+
+class EdgeMessages(nn.Module):
+    """Messages along every edge matrix, both directions: (h, edges) -> update of h (B, N, dim)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False)
+        self.to_out_side = nn.Linear(dim, dim)  # what an input-side neuron sends to the output side
+        self.to_in_side = nn.Linear(dim, dim)
+        self.mix = nn.Linear(dim, dim)
+        nn.init.zeros_(self.mix.weight)  # each block starts as the identity
+        nn.init.zeros_(self.mix.bias)
+
+    def forward(self, h: torch.Tensor, edges: list[torch.Tensor], slices: list[slice]) -> torch.Tensor:
+        x = self.norm(h)
+        msg = torch.zeros_like(h)
+        for e, lo, hi in zip(edges, slices[:-1], slices[1:]):  # e (B, |hi|, |lo|)
+            e = e.to(h.dtype)
+            msg[:, hi] += e @ self.to_out_side(x[:, lo]) / math.sqrt(e.shape[2])
+            msg[:, lo] += e.transpose(1, 2) @ self.to_in_side(x[:, hi]) / math.sqrt(e.shape[1])
+        return h + self.mix(nn.functional.gelu(msg))
+
+
+class PairHead(nn.Module):
+    """Per-weight output from the two neurons it joins and its noisy value."""
+
+    def __init__(self, dim: int, hidden: int = 32):
+        super().__init__()
+        self.left, self.right = nn.Linear(dim, hidden), nn.Linear(dim, hidden, bias=False)
+        self.value = nn.Parameter(torch.zeros(hidden))
+        self.out = nn.Linear(hidden, 1)
+
+    def forward(self, h_out: torch.Tensor, h_in: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        z = self.left(h_out)[:, :, None] + self.right(h_in)[:, None] + x[..., None] * self.value
+        return self.out(nn.functional.gelu(z)).squeeze(-1)
+
+
+class SetDiT(ModelMixin, ConfigMixin, TextStatsMixin):
+    @register_to_config
+    def __init__(
+        self,
+        in_dim: int = 64,  # input features of the networks (their meaning is fixed)
+        n_classes: int = 10,  # output classes an output neuron may score
+        num_layers: int = 4,
+        num_attention_heads: int = 4,
+        attention_head_dim: int = 32,
+        text_dim: int = 384,
+        task_code_dim: int = 0,  # > 0: the task's structure (weightgen.tasks.task_code) in the adaptive norms
+        task_kinds: list[str] | None = None,  # kinds trained on (others are refused); None = any
+        archs: list[dict] | None = None,  # the zoo's archs seen in training (for "seen / new"; not used to compute)
+    ):
+        super().__init__()
+        dim = num_attention_heads * attention_head_dim
+        feat = in_dim + 1
+        self.proj_in = nn.Linear(feat, dim)
+        self.depth_in = nn.Embedding(MAX_DEPTH, dim)
+        self.depth_out = nn.Embedding(MAX_DEPTH, dim)
+        self.class_embed = nn.Embedding(n_classes + 1, dim)  # last row: "not an output neuron"
+        self.fan_proj = nn.Linear(2, dim)
+        self.text_proj = nn.Linear(text_dim, dim)
+        self.null_text = nn.Parameter(torch.zeros(1, 1, text_dim))
+        self.adaln_single = AdaLayerNormSingle(dim)
+        self.pooled_proj = nn.Linear(text_dim, dim)
+        self.code_proj = nn.Linear(task_code_dim, dim) if task_code_dim else None
+        self.messages = nn.ModuleList(EdgeMessages(dim) for _ in range(num_layers))
+        self.blocks = nn.ModuleList(
+            BasicTransformerBlock(dim, num_attention_heads, attention_head_dim, cross_attention_dim=dim,
+                                  activation_fn="gelu-approximate", norm_type="ada_norm_single",
+                                  norm_elementwise_affine=False)
+            for _ in range(num_layers)
+        )
+        self.norm_out = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.scale_shift_table = nn.Parameter(torch.randn(2, dim) / dim**0.5)
+        self.node_out = nn.Linear(dim, feat)
+        self.edge_heads = nn.ModuleList([PairHead(dim), PairHead(dim)])  # hidden->hidden, hidden->output
+        self.stats = RoleStats()
+        self._register_text_stats(text_dim)
+
+    def embed_nodes(self, layout: NeuronLayout, classes: torch.Tensor) -> torch.Tensor:
+        """What every node means (B, N, dim); classes (B, k) long: the class of each output neuron."""
+        meta, device = layout.meta, self.fan_proj.weight.device
+        base = (self.depth_in(meta.depth_in.to(device)) + self.depth_out(meta.depth_out.clamp_max(MAX_DEPTH - 1).to(device))
+                + self.fan_proj(meta.fan.to(device, self.dtype)))
+        cls = torch.full((len(classes), layout.num_nodes), self.config.n_classes, device=device)
+        cls[:, layout.slices[-1]] = classes.to(device).clamp(0, self.config.n_classes - 1)
+        return base[None] + self.class_embed(cls)
+
+    def null_prompt(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.null_text.expand(batch, 1, -1), torch.ones(batch, 1, dtype=torch.bool, device=self.null_text.device)
+
+    def forward(self, layout: NeuronLayout, nodes: torch.Tensor, edges: list[torch.Tensor], timestep: torch.Tensor,
+                text_tokens: torch.Tensor, text_mask: torch.Tensor, classes: torch.Tensor,
+                task_code: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """nodes (B, N, F), edges [(B, n_l, n_{l-1})], timestep (B,), text (B, L, text_dim) + mask,
+        classes (B, k) -> model output of the same shapes as (nodes, edges)."""
+        b = nodes.shape[0]
+        mask = layout.feature_mask.to(nodes.device)
+        h = self.proj_in(nodes * mask) + self.embed_nodes(layout, classes)
+        text_tokens = self.standardize_text(text_tokens)
+        text = self.text_proj(text_tokens)
+        emb = self.adaln_single.emb(timestep, resolution=None, aspect_ratio=None, batch_size=b, hidden_dtype=h.dtype)
+        weights = text_mask.to(text_tokens.dtype)[..., None]
+        emb = emb + self.pooled_proj((text_tokens * weights).sum(1) / weights.sum(1).clamp_min(1))
+        if self.code_proj is not None and task_code is not None:
+            emb = emb + self.code_proj(task_code.to(emb.dtype))
+        t_emb = self.adaln_single.linear(self.adaln_single.silu(emb))
+        text_bias = _mask_bias(text_mask)
+        for messages, block in zip(self.messages, self.blocks):
+            h = messages(h, edges, layout.slices)
+            h = block(h, encoder_hidden_states=text, encoder_attention_mask=text_bias, timestep=t_emb)
+        shift, scale = (self.scale_shift_table[None] + emb[:, None]).chunk(2, dim=1)
+        h = self.norm_out(h) * (1 + scale) + shift
+        out_nodes = self.node_out(h) * mask
+        out_edges = []
+        n_edges = len(edges)
+        for i, e in enumerate(edges):
+            head = self.edge_heads[1 if i == n_edges - 1 else 0]
+            out_edges.append(head(h[:, layout.slices[i + 1]], h[:, layout.slices[i]], e.to(h.dtype)))
+        return out_nodes, out_edges
