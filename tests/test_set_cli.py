@@ -47,3 +47,21 @@ def test_inexpressible_archs_are_refused_in_one_sentence(debug_set_generator, ru
         code, stdout, err = run_cli("sample", prompt, "--generator", debug_set_generator, "--out", tmp_path / "x",
                                     timeout=300)
         assert code == 2 and why in err and "Traceback" not in err, err
+
+
+def test_a_generator_saved_in_the_old_format_is_refused_with_the_reason(debug_set_generator, run_cli, tmp_path):
+    import shutil
+
+    import pytest
+
+    from weightgen.errors import GeneratorError
+
+    old = tmp_path / "old"
+    shutil.copytree(debug_set_generator, old)
+    config = json.loads((old / "train_config.json").read_text())
+    assert config.pop("weightgen_generator_format") == "weightgen-generator/2"
+    (old / "train_config.json").write_text(json.dumps(config))
+    with pytest.raises(GeneratorError, match="format weightgen-generator/1.*train it again"):
+        SetDiffusionPipeline.from_pretrained(old)
+    code, _, err = run_cli("sample", "classify digits 3, 5 and 8", "--generator", old, "--out", tmp_path / "x")
+    assert code == 2 and "weightgen-generator/2" in err and "Traceback" not in err, err

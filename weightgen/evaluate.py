@@ -32,7 +32,7 @@ from weightgen.metrics import (  # noqa: F401  (re-exported: the metrics were de
     probe_predictions,
     score_flat,
 )
-from weightgen.novelty import align_zoo, functional_novelty, nearest_zoo_distance
+from weightgen.novelty import AlignedZoo, align_zoo, functional_novelty, nearest_zoo_distance
 from weightgen.specs import ArchSpec
 from weightgen.tasks import SPLITS, TaskSpec
 
@@ -93,6 +93,20 @@ def _summary(t: torch.Tensor) -> dict:
     return {"per_model": _floats(t), **stats}
 
 
+_POOLS: dict[tuple, AlignedZoo] = {}
+
+
+def _aligned_pool(store: ZooStore, arch: ArchSpec, ids: tuple[int, ...], flat: torch.Tensor) -> AlignedZoo:
+    """`align_zoo` of an arch's seen-task pool, kept for the last few (zoo, arch, models): a benchmark
+    scores many tasks of one arch against the same pool, and aligning it is the slow part."""
+    key = (str(store.root), arch.slug, hash(ids), len(ids))
+    if key not in _POOLS:
+        while len(_POOLS) >= 4:
+            _POOLS.pop(next(iter(_POOLS)))
+        _POOLS[key] = align_zoo(arch, flat)
+    return _POOLS[key]
+
+
 class _Comparison:
     """The zoo side of every comparison, loaded, aligned and scored once for all groups."""
 
@@ -116,7 +130,7 @@ class _Comparison:
         self.loo_disagreement = None if self.loo is None else _median(self.loo["disagreement"])
         # seen-task models of the arch: what the generator could have memorised
         self.pool_ids, self.pool_tasks = [records[i]["id"] for i in pool], [records[i]["task"] for i in pool]
-        self.pool = align_zoo(arch, flat[pool]) if pool else None
+        self.pool = _aligned_pool(store, arch, tuple(self.pool_ids), flat[pool]) if pool else None
         at = {i: j for j, i in enumerate(pool)}
         self.own_in_pool = torch.tensor([at.get(i, -1) for i in same], dtype=torch.long)
 

@@ -10,6 +10,7 @@ refuses an arch it was not trained on, and a task kind it never saw, naming what
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,8 +129,14 @@ def shared_text_encoder(name_or_path: str | None = None) -> TextEncoder:
     return TextEncoder(name_or_path)
 
 
+# Written into every saved generator's train_config.json. 2: the neuron-set weight space (issue 15)
+# arrived; folders saved before it carry no format and are refused with the reason, not half-loaded.
+GENERATOR_FORMAT = "weightgen-generator/2"
+
+
 def check_folder(path: str | Path, components: dict[str, list[str]], train_hint: str) -> Path:
-    """A saved pipeline folder must hold model_index.json and each component's files."""
+    """A saved pipeline folder must hold model_index.json and each component's files, and have been
+    saved in this version's generator format."""
     path = Path(path)
     if not path.is_dir():
         raise GeneratorError(f"no generator at {path}; train one with {train_hint}")
@@ -138,6 +145,14 @@ def check_folder(path: str | Path, components: dict[str, list[str]], train_hint:
     if missing:
         raise GeneratorError(f"generator folder {path} is incomplete (missing {', '.join(missing)}); it was "
                              f"probably interrupted while saving, so train it again with {train_hint}")
+    try:
+        found = json.loads((path / "train_config.json").read_text()).get("weightgen_generator_format")
+    except (OSError, ValueError, AttributeError):
+        found = None
+    if found != GENERATOR_FORMAT:
+        raise GeneratorError(f"generator folder {path} was saved in format {found or 'weightgen-generator/1'}, and "
+                             f"this weightgen reads {GENERATOR_FORMAT} (the weight space changed: generators are no "
+                             f"longer keyed to architecture indices); train it again with {train_hint}")
     return path
 
 

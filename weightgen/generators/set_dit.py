@@ -59,17 +59,21 @@ class EdgeMessages(nn.Module):
 
 
 class PairHead(nn.Module):
-    """Per-weight output from the two neurons it joins and its noisy value."""
+    """Per-weight output from the two neurons it joins and its noisy value: a bilinear term (a weight
+    matrix is, to first order, a product of what its two layers' neurons encode) plus a small MLP of
+    the sum of both neurons' projections and the value."""
 
-    def __init__(self, dim: int, hidden: int = 32):
+    def __init__(self, dim: int, hidden: int = 64):
         super().__init__()
         self.left, self.right = nn.Linear(dim, hidden), nn.Linear(dim, hidden, bias=False)
         self.value = nn.Parameter(torch.zeros(hidden))
         self.out = nn.Linear(hidden, 1)
+        self.bi_left, self.bi_right = nn.Linear(dim, hidden), nn.Linear(dim, hidden)
 
     def forward(self, h_out: torch.Tensor, h_in: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         z = self.left(h_out)[:, :, None] + self.right(h_in)[:, None] + x[..., None] * self.value
-        return self.out(nn.functional.gelu(z)).squeeze(-1)
+        bilinear = self.bi_left(h_out) @ self.bi_right(h_in).transpose(1, 2) / self.bi_left.out_features**0.5
+        return self.out(nn.functional.gelu(z)).squeeze(-1) + bilinear
 
 
 class SetDiT(ModelMixin, ConfigMixin, TextStatsMixin):

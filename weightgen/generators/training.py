@@ -19,7 +19,7 @@ import torch
 
 from weightgen.config import to_dict
 from weightgen.errors import GeneratorError
-from weightgen.generators.common import shared_text_encoder
+from weightgen.generators.common import GENERATOR_FORMAT, shared_text_encoder
 from weightgen.space.dataset import zoo_weights
 from weightgen.specs import ArchSpec
 from weightgen.tasks import get_task, task_code
@@ -159,7 +159,8 @@ def save_pipeline(pipeline, cfg, extra: dict | None = None) -> None:
     shutil.rmtree(partial, ignore_errors=True)
     (out / "model_index.json").unlink(missing_ok=True)
     pipeline.save_pretrained(str(partial))
-    (partial / "train_config.json").write_text(json.dumps({**to_dict(cfg), **(extra or {})}, indent=1))
+    saved = {**to_dict(cfg), **(extra or {}), "weightgen_generator_format": GENERATOR_FORMAT}
+    (partial / "train_config.json").write_text(json.dumps(saved, indent=1))
     for item in sorted(partial.iterdir(), key=lambda p: p.name == "model_index.json"):
         target = out / item.name
         if target.is_dir():
