@@ -62,6 +62,10 @@ def seen_draw(pool: list[str], n: int, draw: int) -> list[str]:
 
 
 def load(kind: str, path: str | None):
+    if path:  # any saved pipeline of that kind (the neuron-set SetDiffusionPipeline too), its class read from the folder
+        from weightgen.home import load_generator
+
+        return load_generator(path, "diffusion" if kind == "diffusion" else "ar")[0]
     if kind == "diffusion":
         from weightgen.generators.diffusion import WeightDiffusionPipeline as cls
 

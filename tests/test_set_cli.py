@@ -58,10 +58,28 @@ def test_a_generator_saved_in_the_old_format_is_refused_with_the_reason(debug_se
 
     old = tmp_path / "old"
     shutil.copytree(debug_set_generator, old)
-    config = json.loads((old / "train_config.json").read_text())
-    assert config.pop("weightgen_generator_format") == "weightgen-generator/2"
-    (old / "train_config.json").write_text(json.dumps(config))
+    assert json.loads((old / "weightgen.json").read_text()) == {"format": "weightgen-generator/2"}
+    (old / "weightgen.json").unlink()  # as every folder saved before the format existed
     with pytest.raises(GeneratorError, match="format weightgen-generator/1.*train it again"):
         SetDiffusionPipeline.from_pretrained(old)
     code, _, err = run_cli("sample", "classify digits 3, 5 and 8", "--generator", old, "--out", tmp_path / "x")
     assert code == 2 and "weightgen-generator/2" in err and "Traceback" not in err, err
+
+
+def test_one_trained_generator_serves_three_widths_it_was_not_built_for(debug_set_generator):
+    import torch
+
+    from weightgen.space.neurons import neuron_layout
+
+    pipe = SetDiffusionPipeline.from_pretrained(debug_set_generator)
+    assert {a.sizes[1:-1] for a in pipe.archs} == {(16,)}  # the debug zoo's only MLP width
+    for text in ("MLP 64-20-3", "MLP 64-48-3", "MLP 64-48-24-3"):
+        arch = ArchSpec.parse(text)
+        out = pipe("classify digits 3, 5 and 8", arch=arch, num_samples=2, generator=0, num_inference_steps=2)
+        assert out.arch == arch and out.flat.shape == (2, arch.layout().numel) and out.finite.all()
+        # the same weights through the neuron-set view and back, then into plain PyTorch
+        layout = neuron_layout(arch)
+        assert torch.equal(layout.join(*layout.split(out.flat)), out.flat)
+        module = arch.build()
+        module.load_state_dict(out.state_dicts[0])
+        assert module(torch.zeros(1, 64)).shape == (1, 3)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from weightgen.config import ZooConfig, load_config, to_dict
 from weightgen.errors import WeightgenError
-from weightgen.generators.common import GENERATOR_FORMAT
+from weightgen.generators.common import GENERATOR_FORMAT, saved_format
 from weightgen.home import default_generator, home
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def built_with(folder: Path, cfg) -> bool:
         saved = json.loads((folder / "train_config.json").read_text())
     except (OSError, ValueError):
         return False
-    if (folder / "model_index.json").is_file() and saved.get("weightgen_generator_format") != GENERATOR_FORMAT:
+    if (folder / "model_index.json").is_file() and saved_format(folder) != GENERATOR_FORMAT:
         return False  # a generator saved in an older format: loading would refuse it, so rebuild
     defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
     return all(saved.get(k, json.loads(json.dumps(defaults.get(k)))) == v for k, v in to_dict(cfg).items())

@@ -129,9 +129,18 @@ def shared_text_encoder(name_or_path: str | None = None) -> TextEncoder:
     return TextEncoder(name_or_path)
 
 
-# Written into every saved generator's train_config.json. 2: the neuron-set weight space (issue 15)
-# arrived; folders saved before it carry no format and are refused with the reason, not half-loaded.
+# Written by every pipeline's save_pretrained as FORMAT_FILE. 2: the neuron-set weight space (issue
+# 15) arrived; folders saved before it carry no format and are refused with the reason, not half-loaded.
 GENERATOR_FORMAT = "weightgen-generator/2"
+FORMAT_FILE = "weightgen.json"
+
+
+def saved_format(path: str | Path) -> str | None:
+    """The generator format a saved folder declares (None: none, i.e. saved before formats existed)."""
+    try:
+        return json.loads((Path(path) / FORMAT_FILE).read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def check_folder(path: str | Path, components: dict[str, list[str]], train_hint: str) -> Path:
@@ -145,10 +154,7 @@ def check_folder(path: str | Path, components: dict[str, list[str]], train_hint:
     if missing:
         raise GeneratorError(f"generator folder {path} is incomplete (missing {', '.join(missing)}); it was "
                              f"probably interrupted while saving, so train it again with {train_hint}")
-    try:
-        found = json.loads((path / "train_config.json").read_text()).get("weightgen_generator_format")
-    except (OSError, ValueError, AttributeError):
-        found = None
+    found = saved_format(path)
     if found != GENERATOR_FORMAT:
         raise GeneratorError(f"generator folder {path} was saved in format {found or 'weightgen-generator/1'}, and "
                              f"this weightgen reads {GENERATOR_FORMAT} (the weight space changed: generators are no "
@@ -181,6 +187,11 @@ class WeightPipeline(DiffusionPipeline):
     def from_pretrained(cls, path, **kwargs):
         """Load a folder written by `save_pretrained` (local folders only; errors name what is missing)."""
         return super().from_pretrained(str(check_folder(path, cls.files, cls.train_hint)), **kwargs)
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """diffusers' save, plus the generator format (FORMAT_FILE) that `from_pretrained` checks."""
+        super().save_pretrained(save_directory, **kwargs)
+        (Path(save_directory) / FORMAT_FILE).write_text(json.dumps({"format": GENERATOR_FORMAT}) + "\n")
 
     @property
     def archs(self) -> list[ArchSpec]:

@@ -19,7 +19,7 @@ import torch
 
 from weightgen.config import to_dict
 from weightgen.errors import GeneratorError
-from weightgen.generators.common import GENERATOR_FORMAT, shared_text_encoder
+from weightgen.generators.common import shared_text_encoder
 from weightgen.space.dataset import zoo_weights
 from weightgen.specs import ArchSpec
 from weightgen.tasks import get_task, task_code
@@ -108,8 +108,8 @@ def load_encoded_zoo(cfg: GeneratorTrainConfig, encoder, encoder_dir: str, encod
         data.append(ArchData(w.arch, encoder.stats.index[w.arch.slug], encode(w.train, w.arch, codes), prompts,
                              w.train_records, codes))
     if not data:
-        raise GeneratorError(f"zoo {store.root} has no non-held-out MLP models to train on")
-    return data, embed_prompts(list(texts)), skipped
+        raise GeneratorError(f"zoo {store.root} has no non-held-out models to train on")
+    return data, embed_prompts(list(texts))
 
 
 def task_kinds(data: list[ArchData]) -> list[str]:
@@ -159,8 +159,7 @@ def save_pipeline(pipeline, cfg, extra: dict | None = None) -> None:
     shutil.rmtree(partial, ignore_errors=True)
     (out / "model_index.json").unlink(missing_ok=True)
     pipeline.save_pretrained(str(partial))
-    saved = {**to_dict(cfg), **(extra or {}), "weightgen_generator_format": GENERATOR_FORMAT}
-    (partial / "train_config.json").write_text(json.dumps(saved, indent=1))
+    (partial / "train_config.json").write_text(json.dumps({**to_dict(cfg), **(extra or {})}, indent=1))
     for item in sorted(partial.iterdir(), key=lambda p: p.name == "model_index.json"):
         target = out / item.name
         if target.is_dir():
