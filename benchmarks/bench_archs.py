@@ -30,8 +30,6 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
-
 from weightgen.evaluate import EvalConfig, evaluate_samples, score_flat
 from weightgen.generators.set_diffusion import SetDiffusionPipeline
 from weightgen.specs import ArchSpec

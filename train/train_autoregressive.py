@@ -18,13 +18,14 @@ from diffusers.training_utils import EMAModel
 from rich.progress import Progress
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from weightgen.encoders.training import latest_checkpoint, save_checkpoint, warmup_cosine
+from weightgen.encoders.training import save_checkpoint, warmup_cosine
 from weightgen.encoders.vqvae import WeightVQVAE
 from weightgen.generators.autoregressive import WeightARPipeline, WeightARPrefix
 from weightgen.generators.training import (
     GeneratorTrainConfig,
     load_encoded_zoo,
     load_encoder,
+    resume,
     sample_batch,
     save_pipeline,
     task_kinds,
@@ -88,10 +89,7 @@ def main(cfg: ARConfig) -> None:
     parts = accelerator.unwrap_model(model)
 
     # 3. Resume from the newest complete checkpoint, if any.
-    ckpt, start = latest_checkpoint(cfg.out)
-    if ckpt is not None:
-        accelerator.load_state(str(ckpt))
-        accelerator.print(f"resumed from {ckpt} (step {start})")
+    start = resume(accelerator, cfg.out)
 
     # 4. Train: next-id prediction on [prompt prefix] [BOS] [ARCH] codes; only the codes are scored.
     rank, device = accelerator.process_index, accelerator.device

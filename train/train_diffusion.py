@@ -20,7 +20,7 @@ from diffusers.training_utils import EMAModel
 from rich.progress import Progress
 
 from weightgen.encoders.autoencoder import WeightAutoencoder
-from weightgen.encoders.training import latest_checkpoint, save_checkpoint, warmup_cosine
+from weightgen.encoders.training import save_checkpoint, warmup_cosine
 from weightgen.errors import ConfigError
 from weightgen.generators.diffusion import WeightDiffusionPipeline, with_null_prompt
 from weightgen.generators.dit import WeightDiT
@@ -29,6 +29,8 @@ from weightgen.generators.training import (
     drop_mask,
     load_encoded_zoo,
     load_encoder,
+    noised,
+    resume,
     sample_batch,
     save_pipeline,
     task_kinds,
@@ -92,10 +94,7 @@ def main(cfg: DiffusionConfig) -> None:
     accelerator.register_for_checkpointing(sched, ema)
 
     # 3. Resume from the newest complete checkpoint, if any.
-    ckpt, start = latest_checkpoint(cfg.out)
-    if ckpt is not None:
-        accelerator.load_state(str(ckpt))
-        accelerator.print(f"resumed from {ckpt} (step {start})")
+    start = resume(accelerator, cfg.out)
 
     # 4. Train: noise a batch of standardised latents at random timesteps, predict the target.
     rank = accelerator.process_index
@@ -112,9 +111,7 @@ def main(cfg: DiffusionConfig) -> None:
                 g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank * 7919 + key + 1)
                 noise = torch.randn(x0.shape, generator=g)
                 t = torch.randint(cfg.num_train_timesteps, (n,), generator=g)
-                noisy = noise_sched.add_noise(x0, noise, t)
-                target = {"epsilon": noise, "sample": x0}.get(cfg.prediction_type)
-                target = noise_sched.get_velocity(x0, noise, t) if target is None else target
+                noisy, target = noised(noise_sched, x0, noise, t, cfg.prediction_type)
                 meta = encoder.stats.layout(d.arch).metadata.expand(n, -1, -1)
                 with accelerator.accumulate(model):
                     out = model(noisy.to(accelerator.device), t.to(accelerator.device), text.to(accelerator.device),

@@ -20,12 +20,19 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.training_utils import EMAModel
 from rich.progress import Progress
 
-from weightgen.encoders.training import latest_checkpoint, save_checkpoint, warmup_cosine
+from weightgen.encoders.training import save_checkpoint, warmup_cosine
 from weightgen.errors import ConfigError
 from weightgen.generators.diffusion import with_null_prompt
 from weightgen.generators.set_diffusion import SetDiffusionPipeline, pack, packed_mask, unpack
 from weightgen.generators.set_dit import SetDiT
-from weightgen.generators.training import GeneratorTrainConfig, drop_mask, load_set_zoo, save_pipeline
+from weightgen.generators.training import (
+    GeneratorTrainConfig,
+    drop_mask,
+    load_set_zoo,
+    noised,
+    resume,
+    save_pipeline,
+)
 from weightgen.tasks import TASK_CODE_DIM, get_task
 from weightgen.zoo.store import ZooStore
 
@@ -94,10 +101,7 @@ def main(cfg: SetDiffusionConfig) -> None:
     ema = EMAModel(denoiser.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=3 / 4)
     model, opt = accelerator.prepare(denoiser, opt)
     accelerator.register_for_checkpointing(sched, ema)
-    ckpt, start = latest_checkpoint(cfg.out)
-    if ckpt is not None:
-        accelerator.load_state(str(ckpt))
-        accelerator.print(f"resumed from {ckpt} (step {start})")
+    start = resume(accelerator, cfg.out)
 
     # 3. Train: noise a batch of one arch's packed sets at random timesteps, predict the target.
     rank, device = accelerator.process_index, accelerator.device
@@ -115,9 +119,7 @@ def main(cfg: SetDiffusionConfig) -> None:
                 x0 = d.packed[rows]
                 noise = torch.randn(x0.shape, generator=g) * d.keep
                 t = torch.randint(cfg.num_train_timesteps, (n,), generator=g)
-                noisy = noise_sched.add_noise(x0, noise, t)
-                target = {"epsilon": noise, "sample": x0}.get(cfg.prediction_type)
-                target = noise_sched.get_velocity(x0, noise, t) if target is None else target
+                noisy, target = noised(noise_sched, x0, noise, t, cfg.prediction_type)
                 nodes, edges = unpack(d.layout, noisy.to(device))
                 with accelerator.accumulate(model):
                     out_nodes, out_edges = model(d.layout, nodes, edges, t.to(device), text.to(device),

@@ -144,6 +144,24 @@ def sample_batch(data: list[ArchData], table: PromptTable, n: int, step: int, se
     return d, d.codes[rows], table.tokens[prompt], table.mask[prompt], d.task_codes[rows]
 
 
+def resume(accelerator, out: str | Path) -> int:
+    """Load the newest complete `OUT/checkpoints/step_N` into the accelerator, if any: the step to start at."""
+    from weightgen.encoders.training import latest_checkpoint
+
+    ckpt, start = latest_checkpoint(out)
+    if ckpt is not None:
+        accelerator.load_state(str(ckpt))
+        accelerator.print(f"resumed from {ckpt} (step {start})")
+    return start
+
+
+def noised(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, prediction_type: str):
+    """(noisy input, training target) of a diffusers DDPM scheduler for epsilon, sample or v prediction."""
+    target = {"epsilon": noise, "sample": x0}.get(prediction_type)
+    target = scheduler.get_velocity(x0, noise, t) if target is None else target
+    return scheduler.add_noise(x0, noise, t), target
+
+
 def drop_mask(n: int, p: float, step: int, seed: int, rank: int) -> torch.Tensor:
     """Which rows of a batch get the null prompt (classifier-free guidance training)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + rank * 7919 + step + 500_009)
@@ -191,7 +209,7 @@ def load_set_zoo(store: ZooStore) -> tuple[list[SetArchData], PromptTable, list[
 
     texts: dict[str, int] = {}
     data, skipped = [], []
-    for slug, arch in store.archs.items():
+    for arch in store.archs.values():
         try:
             check_expressible(arch)
         except ArchError:
