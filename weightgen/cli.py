@@ -139,34 +139,12 @@ def parse(
     sizes = ", ".join(f"{s} {len(task.split(s)[0])}" for s in ("train", "val", "test"))
     table.add_row("data", f"{task.in_dim} inputs, {task.out_dim} outputs; {sizes}")
     table.add_row("arch", f"{spec.describe()} ({source}), {spec.layout().numel:,} parameters")
-    status = _arch_status(spec, generator)
+    from weightgen.home import arch_status
+
+    status = arch_status(spec, generator)
     if status:
         table.add_row("generator", status)
     console.print(table)
-
-
-def _arch_status(spec, generator: Path | None) -> str | None:
-    """'seen' / 'new' (and why) for an arch against a generator folder; None without a generator."""
-    from weightgen.errors import ArchError
-    from weightgen.home import default_generator, generator_archs
-
-    if generator is None:
-        generator = default_generator("diffusion")
-        if not (generator / "model_index.json").is_file():
-            return None
-    archs, any_width = generator_archs(generator)
-    if spec in archs:
-        return f"seen: {generator} trained on {spec.describe()}"
-    if not any_width:
-        return f"new, and {generator} serves only the archs it trained on, so it cannot sample it"
-    from weightgen.generators.set_diffusion import arch_notes
-    from weightgen.space.neurons import check_expressible
-
-    try:
-        check_expressible(spec, archs[0].sizes[0] if archs else None)
-    except ArchError as e:
-        return f"cannot be sampled by {generator}: {e}"
-    return "; ".join(arch_notes(spec, archs))
 
 
 @app.command("inspect")

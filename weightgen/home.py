@@ -63,6 +63,29 @@ def generator_archs(path: str | Path) -> tuple[list, bool]:
     return [ArchSpec.from_dict(a) for a in archs], cls == "SetDiffusionPipeline"
 
 
+def arch_status(spec, generator: Path | None) -> str | None:
+    """'seen' / 'new' (and why) for an arch against a generator folder (default: the quickstart
+    diffusion generator); None when there is no generator to ask. What `weightgen parse` prints."""
+    from weightgen.errors import ArchError
+    from weightgen.generators.set_diffusion import arch_notes
+    from weightgen.space.neurons import check_expressible
+
+    if generator is None:
+        generator = default_generator("diffusion")
+        if not (generator / "model_index.json").is_file():
+            return None
+    archs, any_width = generator_archs(generator)
+    if spec in archs:
+        return f"seen: {generator} trained on {spec.describe()}"
+    if not any_width:
+        return f"new, and {generator} serves only the archs it trained on, so it cannot sample it"
+    try:
+        check_expressible(spec, archs[0].sizes[0] if archs else None)
+    except ArchError as e:
+        return f"cannot be sampled by {generator}: {e}"
+    return "; ".join(arch_notes(spec, archs))
+
+
 def load_generator(path: str | Path | None, kind: str | None):
     """The pipeline at `path` (its kind read from the folder; `kind` must agree when given), or the
     cached default of `kind` (diffusion if None). Missing defaults point at `weightgen quickstart`."""

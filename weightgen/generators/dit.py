@@ -50,6 +50,16 @@ def _mask_bias(mask: torch.Tensor | None) -> torch.Tensor | None:
     return (1.0 - mask.float()).mul(-10000.0).unsqueeze(1)
 
 
+def dit_blocks(dim: int, heads: int, head_dim: int, n: int) -> nn.ModuleList:
+    """n diffusers transformer blocks with adaptive-norm (DiT / PixArt-alpha) timestep conditioning and
+    cross-attention to the prompt: what both weight denoisers stack."""
+    return nn.ModuleList(
+        BasicTransformerBlock(dim, heads, head_dim, cross_attention_dim=dim, activation_fn="gelu-approximate",
+                              norm_type="ada_norm_single", norm_elementwise_affine=False)
+        for _ in range(n)
+    )
+
+
 def _legacy_task_mean_hook(module: WeightDiT, state_dict, prefix: str, *_) -> None:
     module._move_legacy_task_mean(state_dict, prefix)
 
@@ -82,12 +92,7 @@ class WeightDiT(ModelMixin, ConfigMixin, TextStatsMixin):
         # the prompt's mean token state joins the timestep in the adaptive norms: a global signal
         # every block sees from the first step, beside the slower-to-learn cross-attention
         self.pooled_proj = nn.Linear(text_dim, dim) if pooled_conditioning else None
-        self.blocks = nn.ModuleList(
-            BasicTransformerBlock(dim, num_attention_heads, attention_head_dim, cross_attention_dim=dim,
-                                  activation_fn="gelu-approximate", norm_type="ada_norm_single",
-                                  norm_elementwise_affine=False)
-            for _ in range(num_layers)
-        )
+        self.blocks = dit_blocks(dim, num_attention_heads, attention_head_dim, num_layers)
         self.norm_out = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.scale_shift_table = nn.Parameter(torch.randn(2, dim) / dim**0.5)
         self.proj_out = nn.Linear(dim, latent_dim)

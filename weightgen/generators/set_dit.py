@@ -24,16 +24,12 @@ import math
 import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
-from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.normalization import AdaLayerNormSingle
 from torch import nn
 
 from weightgen.generators.common import TextStatsMixin
+from weightgen.generators.dit import _mask_bias, dit_blocks
 from weightgen.space.neurons import MAX_DEPTH, NeuronLayout, RoleStats
-
-
-def _mask_bias(mask: torch.Tensor) -> torch.Tensor:
-    return (1.0 - mask.float()).mul(-10000.0).unsqueeze(1)
 
 
 class EdgeMessages(nn.Module):
@@ -104,12 +100,7 @@ class SetDiT(ModelMixin, ConfigMixin, TextStatsMixin):
         self.pooled_proj = nn.Linear(text_dim, dim)
         self.code_proj = nn.Linear(task_code_dim, dim) if task_code_dim else None
         self.messages = nn.ModuleList(EdgeMessages(dim) for _ in range(num_layers))
-        self.blocks = nn.ModuleList(
-            BasicTransformerBlock(dim, num_attention_heads, attention_head_dim, cross_attention_dim=dim,
-                                  activation_fn="gelu-approximate", norm_type="ada_norm_single",
-                                  norm_elementwise_affine=False)
-            for _ in range(num_layers)
-        )
+        self.blocks = dit_blocks(dim, num_attention_heads, attention_head_dim, num_layers)
         self.norm_out = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.scale_shift_table = nn.Parameter(torch.randn(2, dim) / dim**0.5)
         self.node_out = nn.Linear(dim, feat)

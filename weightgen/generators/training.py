@@ -208,13 +208,13 @@ def load_set_zoo(store: ZooStore) -> tuple[list[SetArchData], PromptTable, list[
     from weightgen.space.neurons import check_expressible, neuron_layout, output_classes
 
     texts: dict[str, int] = {}
-    data, skipped = [], []
-    for arch in store.archs.values():
+    data, skipped, expressible = [], [], []
+    for slug, arch in store.archs.items():
         try:
             check_expressible(arch)
+            expressible.append(slug)
         except ArchError:
             skipped.append(arch.describe())
-    expressible = [s for s, a in store.archs.items() if a.describe() not in skipped]
     for w in zoo_weights(store, canonical=False, archs=expressible):
         if not len(w.train):
             continue

@@ -187,9 +187,9 @@ class RoleStats(nn.Module):
                 self.std[r] = v.std().clamp_min(1e-6) if len(v) > 1 else 1.0
 
     def _node_affine(self, layout: NeuronLayout):
-        roles, _ = layout.roles
-        scale = layout._fan_scale[0].to(self.std) / self.std[roles.to(self.std.device)]
-        return scale, self.mean[roles.to(self.std.device)] / self.std[roles.to(self.std.device)]
+        roles = layout.roles[0].to(self.std.device)
+        std = self.std[roles]
+        return layout._fan_scale[0].to(self.std) / std, self.mean[roles] / std
 
     def standardize(self, layout: NeuronLayout, nodes: torch.Tensor, edges: list[torch.Tensor]):
         scale, shift = self._node_affine(layout)
