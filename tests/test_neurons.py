@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from weightgen.errors import ArchError
+from weightgen.generators.set_diffusion import layer_masks, packed_mask
 from weightgen.generators.set_dit import SetDiT
 from weightgen.space.neurons import NeuronLayout, RoleStats, check_expressible, neuron_layout, output_classes
 from weightgen.specs import ArchSpec
@@ -62,10 +63,12 @@ def test_role_stats_fit_on_one_width_serve_others_exactly():
         torch.testing.assert_close(other.join(*stats.destandardize(other, sn, se)), flat, rtol=1e-5, atol=1e-6)
 
 
-def _model() -> SetDiT:
+def _model(edge_channels: int = 0, probe_size: int = 0) -> SetDiT:
     torch.manual_seed(0)
     model = SetDiT(in_dim=64, n_classes=10, num_layers=2, num_attention_heads=2, attention_head_dim=8, text_dim=12,
-                   task_code_dim=5).eval()
+                   task_code_dim=5, edge_channels=edge_channels, probe_size=probe_size).eval()
+    if probe_size:
+        model.set_probe(torch.randn(probe_size, 64), torch.arange(probe_size) % 10)
     for p in model.parameters():  # zero-initialised mixes would hide the edge messages from the test
         if torch.all(p == 0):
             torch.nn.init.normal_(p, std=0.1)
@@ -80,9 +83,11 @@ def _forward(model, layout, nodes, edges, classes):
                  task_code=torch.randn(b, 5, generator=g))
 
 
+@pytest.mark.parametrize("edge_channels,probe_size", [(0, 0), (4, 0), (4, 20)],
+                         ids=["messages", "edge-stream", "edge-stream+probe"])
 @pytest.mark.parametrize("arch", ARCHS[1:], ids=lambda a: a.slug)
-def test_set_dit_is_permutation_equivariant_and_decodes_to_the_same_function(arch):
-    model, layout = _model(), neuron_layout(arch)
+def test_set_dit_is_permutation_equivariant_and_decodes_to_the_same_function(arch, edge_channels, probe_size):
+    model, layout = _model(edge_channels, probe_size), neuron_layout(arch)
     nodes, edges = layout.split(torch.randn(2, arch.layout().numel))
     nodes = nodes * layout.feature_mask
     classes = torch.arange(arch.out_dim).expand(2, -1)
@@ -104,6 +109,11 @@ def test_set_dit_is_permutation_equivariant_and_decodes_to_the_same_function(arc
     with torch.no_grad():
         moved, _ = _forward(model, layout, nodes, edges2, classes)
     assert not torch.allclose(moved, out_nodes)
+    if edge_channels:  # and an edge's own state reaches its output beside the pair head's
+        model.edge_feat_out[0].weight.data.zero_()
+        with torch.no_grad():
+            _, without = _forward(model, layout, nodes, edges, classes)
+        assert not torch.allclose(without[0], out_edges[0])
 
 
 def test_set_dit_serves_any_width_and_output_classes_matter():
@@ -127,3 +137,52 @@ def test_what_cannot_be_expressed_is_refused_in_one_sentence():
         check_expressible(ArchSpec("mlp", (13, 16, 3)), in_dim=64)
     assert output_classes(ArchSpec("mlp", (64, 8, 3)), get_task("digits-subset-3-5-8")).tolist() == [3, 5, 8]
     assert output_classes(ArchSpec("mlp", (64, 8, 10)), get_task("digits-invert")).tolist() == list(range(10))
+
+
+def test_a_staged_model_reads_which_layers_are_given_and_stays_equivariant():
+    torch.manual_seed(0)
+    model = SetDiT(in_dim=64, num_layers=2, num_attention_heads=2, attention_head_dim=8, text_dim=12,
+                   edge_channels=4, staged=True).eval()
+    for p in model.parameters():  # zero-initialised (the "given" mark too) until trained
+        if torch.all(p == 0):
+            torch.nn.init.normal_(p, std=0.1)
+    arch = ARCHS[1]
+    layout = neuron_layout(arch)
+    nodes, edges = layout.split(torch.randn(2, arch.layout().numel))
+    nodes, classes = nodes * layout.feature_mask, torch.arange(arch.out_dim).expand(2, -1)
+    text, mask = torch.randn(2, 4, 12), torch.ones(2, 4, dtype=torch.bool)
+    clean = torch.ones(2, dtype=torch.long)  # the first hidden layer is given clean
+
+    def run(n, e, given=None):
+        with torch.no_grad():
+            return model(layout, n, e, torch.full((2,), 600), text, mask, classes, given=given)
+
+    joint, given = run(nodes, edges), run(nodes, edges, clean)
+    assert not torch.allclose(joint[1][0], given[1][0])  # "first layer clean" changes what the rest is denoised to
+    perms = _random_perms(arch, 4)
+    p_nodes, p_edges = run(*layout.permute(nodes, edges, perms), clean)
+    want_nodes, want_edges = layout.permute(given[0], given[1], perms)
+    torch.testing.assert_close(p_nodes, want_nodes, rtol=1e-4, atol=1e-5)
+    for got, want in zip(p_edges, want_edges):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    # the layers' slots partition the packed vector's real slots: layer 1 = its rows and biases, layer 2
+    # = its biases and the weights into it, ...
+    layers = torch.stack(layer_masks(layout))
+    assert torch.equal(layers.sum(0), packed_mask(layout).long())
+    sizes = arch.sizes
+    assert layers.sum(1).tolist() == [sizes[1] * (sizes[0] + 1)] + [n * (m + 1) for m, n in zip(sizes[1:-1], sizes[2:])]
+
+
+def test_probe_features_are_each_neurons_class_means_on_the_real_network():
+    model, arch = _model(probe_size=30), ArchSpec("mlp", (64, 12, 8, 3))
+    model.stats.mean.uniform_(-0.1, 0.1)  # the features must undo the standardisation
+    model.stats.std.uniform_(0.5, 2.0)
+    layout, flat = neuron_layout(arch), torch.randn(2, arch.layout().numel) * 0.2
+    nodes, edges = model.stats.standardize(layout, *layout.split(flat))
+    feats = model.probe_features(layout, nodes, edges)
+    sd, x, want = arch.layout().unflatten(flat[1:]), model.probe_x, []
+    for i in range(3):
+        x = x @ sd[f"layers.{i}.weight"][0].T + sd[f"layers.{i}.bias"][0]
+        want.append(torch.stack([x[model.probe_y == c].mean(0) for c in range(10)], dim=1))  # (n_l, 10)
+        x = x.clamp_min(0)
+    torch.testing.assert_close(feats[1], torch.asinh(torch.cat(want)), rtol=1e-4, atol=1e-4)

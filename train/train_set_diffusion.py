@@ -1,6 +1,6 @@
 """Train the neuron-set diffusion generator (one model for every MLP width) on a zoo's non-held-out models.
 
-    python train/train_set_diffusion.py configs/generator/set-diffusion-digits.yaml [--set steps=100 ...]
+    python train/train_set_diffusion.py configs/generator/set-diffusion-widths.yaml [--set steps=100 ...]
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 train/train_set_diffusion.py CONFIG
 
 No encoder and no canonicalisation: every model of every arch becomes a neuron set
@@ -23,7 +23,13 @@ from rich.progress import Progress
 from weightgen.encoders.training import save_checkpoint, warmup_cosine
 from weightgen.errors import ConfigError
 from weightgen.generators.diffusion import with_null_prompt
-from weightgen.generators.set_diffusion import SetDiffusionPipeline, pack, packed_mask, unpack
+from weightgen.generators.set_diffusion import (
+    SetDiffusionPipeline,
+    layer_masks,
+    pack,
+    packed_mask,
+    unpack,
+)
 from weightgen.generators.set_dit import SetDiT
 from weightgen.generators.training import (
     GeneratorTrainConfig,
@@ -46,6 +52,10 @@ class SetDiffusionConfig(GeneratorTrainConfig):
     num_layers: int = 4
     num_attention_heads: int = 4
     attention_head_dim: int = 32
+    edge_channels: int = 0  # > 0: per-weight features updated every block (SetDiT's EdgeStream)
+    staged: bool = False  # also learn each layer given the layers before it clean; sample layer by layer
+    staged_share: float = 0.5  # share of a staged batch with some leading layers given clean
+    probe_size: int = 0  # > 0: neurons see their class-mean outputs on this many training inputs (SetDiT)
     prediction_type: str = "v_prediction"
     beta_schedule: str = "squaredcos_cap_v2"
     num_train_timesteps: int = 1000
@@ -64,6 +74,28 @@ def sample_set_batch(data, n: int, step: int, seed: int, rank: int):
     choices = d.prompts[rows]
     pick = (torch.rand(n, generator=g) * (choices >= 0).sum(1)).long()
     return d, rows, choices[torch.arange(n), pick], g
+
+
+def probe_inputs(task_ids: list[str], size: int, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`size` training inputs, as even over the classes as the zoo's tasks allow, and their class
+    (a subset task's label mapped back to its digit): SetDiT's probe."""
+    per_class: dict[int, list[torch.Tensor]] = {}
+    want = -(-size // n_classes)
+    for tid in sorted(set(task_ids)):
+        task = get_task(tid)
+        x, y = task.split("train")
+        labels = torch.tensor(task.classes)[y] if getattr(task, "classes", ()) else y
+        for c in labels.unique().tolist():
+            have = per_class.setdefault(c, [])
+            if sum(len(t) for t in have) < want:
+                have.append(x[labels == c][: want - sum(len(t) for t in have)])
+    xs = [(torch.cat(v), c) for c, v in sorted(per_class.items())]
+    x = torch.cat([v for v, _ in xs])
+    y = torch.cat([torch.full((len(v),), c) for v, c in xs])
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:size]
+    if len(idx) < size:
+        raise ConfigError(f"the zoo's tasks hold {len(idx)} training inputs, fewer than probe_size={size}")
+    return x[idx], y[idx]
 
 
 def main(cfg: SetDiffusionConfig) -> None:
@@ -85,13 +117,17 @@ def main(cfg: SetDiffusionConfig) -> None:
     denoiser = SetDiT(in_dim=in_dims.pop(), n_classes=cfg.n_classes, num_layers=cfg.num_layers,
                       num_attention_heads=cfg.num_attention_heads, attention_head_dim=cfg.attention_head_dim,
                       text_dim=table.tokens.shape[-1], task_code_dim=TASK_CODE_DIM if cfg.task_code else 0,
-                      task_kinds=kinds, archs=[d.layout.arch.to_dict() for d in data])
+                      task_kinds=kinds, archs=[d.layout.arch.to_dict() for d in data],
+                      edge_channels=cfg.edge_channels, staged=cfg.staged, probe_size=cfg.probe_size)
     denoiser.set_text_stats(table.tokens, table.mask)
     denoiser.stats.fit([(d.layout, d.nodes, d.edges) for d in data])
+    if cfg.probe_size:
+        denoiser.set_probe(*probe_inputs([r["task"] for d in data for r in d.records], cfg.probe_size, cfg.n_classes))
     for d in data:
         d.nodes, d.edges = denoiser.stats.standardize(d.layout, d.nodes, d.edges)
         d.packed = pack(d.nodes, d.edges)
         d.keep = packed_mask(d.layout)
+        d.layers = torch.stack(layer_masks(d.layout))  # (n_layers, D)
     noise_sched = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
                                 prediction_type=cfg.prediction_type, clip_sample=False)
 
@@ -120,14 +156,23 @@ def main(cfg: SetDiffusionConfig) -> None:
                 noise = torch.randn(x0.shape, generator=g) * d.keep
                 t = torch.randint(cfg.num_train_timesteps, (n,), generator=g)
                 noisy, target = noised(noise_sched, x0, noise, t, cfg.prediction_type)
+                weight, given = d.keep.expand(n, -1), None
+                if cfg.staged:  # some rows: layers < f clean (no loss there), the rest noisy at t
+                    n_layers = len(d.layers)
+                    given = torch.randint(1, n_layers, (n,), generator=g)
+                    given = given * (torch.rand(n, generator=g) < cfg.staged_share)
+                    clean = (torch.arange(n_layers)[None] < given[:, None]).float() @ d.layers.float() > 0
+                    noisy, weight = torch.where(clean, x0, noisy), weight & ~clean
+                    given = given.to(device)
                 nodes, edges = unpack(d.layout, noisy.to(device))
                 with accelerator.accumulate(model):
                     out_nodes, out_edges = model(d.layout, nodes, edges, t.to(device), text.to(device),
                                                  mask.to(device), d.classes[rows].to(device),
-                                                 task_code=codes.to(device) if cfg.task_code else None)
+                                                 task_code=codes.to(device) if cfg.task_code else None,
+                                                 given=given)
                     out = pack(out_nodes, out_edges)
-                    keep = d.keep.to(device)
-                    loss = ((out.float() - target.to(device)) ** 2 * keep).sum() / (keep.sum() * n)
+                    weight = weight.to(device)
+                    loss = ((out.float() - target.to(device)) ** 2 * weight).sum() / weight.sum()
                     accelerator.backward(loss)
                     opt.step()
                     opt.zero_grad()

@@ -1,9 +1,12 @@
-"""`weightgen quickstart`: build the default zoo, train the default encoders and generators into the
-cache folder (`weightgen.home`), then sample and evaluate a held-out prompt.
+"""`weightgen quickstart`: build the default zoo, train the default generator into the cache folder
+(`weightgen.home`), then sample and evaluate a held-out prompt.
 
 Each stage is the real entry point with the repository's default config (`configs/`), pointed at
 the cache folder: `build_zoo` for configs/zoo/digits-mlp.yaml, then the `main(cfg)` of
-train/train_autoencoder.py, train_tokenizer.py, train_diffusion.py and train_autoregressive.py.
+train/train_set_diffusion.py (configs/generator/set-diffusion-digits.yaml): the neuron-set
+diffusion generator, which needs no encoder and no closed-form mean, and samples any MLP width.
+The older arch-indexed generators (train_diffusion.py, train_autoregressive.py) generate only with
+their closed-form task mean switched on, so quickstart no longer builds them.
 A stage whose output is complete is skipped, and an interrupted one resumes (the zoo skips finished
 shards; the train scripts restart from their newest accelerate checkpoint), so re-running the
 command after Ctrl-C finishes the job. A complete stage that was trained with another config than
@@ -76,9 +79,8 @@ def _config(path: Path, cls, **overrides):
 def stages(root: Path | None = None) -> tuple[list[Stage], dict[str, Path]]:
     """The quickstart stages and the folders they fill, under `root` (default: the cache folder)."""
     root = root or home()
-    paths = {"zoo": root / "zoo" / "digits-mlp", "autoencoder": root / "encoders" / "autoencoder",
-             "tokenizer": root / "encoders" / "tokenizer",
-             "diffusion": default_generator("diffusion", root), "ar": default_generator("ar", root)}
+    paths = {"zoo": root / "zoo" / "digits-mlp", "diffusion": default_generator("diffusion", root),
+             "ar": default_generator("ar", root)}
 
     def zoo():
         from weightgen.zoo.build import build_zoo
@@ -88,8 +90,7 @@ def stages(root: Path | None = None) -> tuple[list[Stage], dict[str, Path]]:
     def trained(name: str, script: str, config: Path, key: str, marker: str, after: str, **overrides) -> Stage:
         """The stage that runs train/train_SCRIPT.py with CONFIG into paths[key]."""
         module = train_script(script)
-        cls = {"tokenizer": "TokenizerConfig", "autoencoder": "AutoencoderConfig", "diffusion": "DiffusionConfig",
-               "autoregressive": "ARConfig"}[script]
+        cls = {"set_diffusion": "SetDiffusionConfig"}[script]
         cfg = _config(config, getattr(module, cls), out=paths[key], **overrides)
         folder = paths[key]
         return Stage(name, lambda: (folder / marker).is_file() and (folder / "train_config.json").is_file(),
@@ -98,14 +99,8 @@ def stages(root: Path | None = None) -> tuple[list[Stage], dict[str, Path]]:
     zoo_stage = "zoo: 5,148 MLPs on 429 digits tasks"
     return [
         Stage(zoo_stage, lambda: _zoo_complete(paths["zoo"]), zoo),
-        trained("autoencoder (diffusion latents)", "autoencoder", CONFIGS / "encoder" / "autoencoder-digits.yaml",
-                "autoencoder", "config.json", zoo_stage, zoo=paths["zoo"]),
-        trained("VQ tokenizer (AR ids)", "tokenizer", CONFIGS / "encoder" / "vqvae-ar-digits.yaml",
-                "tokenizer", "config.json", zoo_stage, zoo=paths["zoo"]),
-        trained("diffusion generator", "diffusion", CONFIGS / "generator" / "diffusion-digits.yaml",
-                "diffusion", "model_index.json", "autoencoder (diffusion latents)", encoder=paths["autoencoder"]),
-        trained("autoregressive generator", "autoregressive", CONFIGS / "generator" / "ar-digits.yaml",
-                "ar", "model_index.json", "VQ tokenizer (AR ids)", tokenizer=paths["tokenizer"]),
+        trained("neuron-set diffusion generator", "set_diffusion", CONFIGS / "generator" / "set-diffusion-digits.yaml",
+                "diffusion", "model_index.json", zoo_stage, zoo=paths["zoo"]),
     ], paths
 
 

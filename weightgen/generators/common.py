@@ -73,8 +73,10 @@ class Request:
 
 
 def resolve_request(prompt: str, arch: ArchSpec | str | None, archs: list[ArchSpec],
-                    task_kinds: list[str] | None = None) -> Request:
-    """Check a prompt + arch against what a generator was trained on (see the module docstring)."""
+                    task_kinds: list[str] | None = None, accept=None) -> Request:
+    """Check a prompt + arch against what a generator was trained on (see the module docstring).
+    `accept(arch)`, when given, serves any arch beyond `archs` that it does not raise ArchError on
+    (a width-agnostic generator); with no arch named, the task's default arch is then taken."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise TaskError("the prompt is empty; describe a task such as 'classify digits 3, 5 and 8'")
     prompt = prompt.strip()
@@ -99,8 +101,11 @@ def resolve_request(prompt: str, arch: ArchSpec | str | None, archs: list[ArchSp
             raise TaskError(f"'{prompt}' names no task weightgen knows and no architecture; add one, e.g. "
                             f"'with {archs[0].article} {archs[0].describe()}'")
         fitting = [a for a in archs if a.out_dim == task.out_dim and a.in_dim == task.in_dim]
-        arch = task.default_arch() if task.default_arch() in fitting else (fitting[0] if fitting else task.default_arch())
-    if arch not in archs:
+        arch = (task.default_arch() if task.default_arch() in fitting or accept is not None
+                else fitting[0] if fitting else task.default_arch())
+    if accept is not None:
+        accept(arch)
+    elif arch not in archs:
         raise ArchError(f"this generator cannot produce {arch.article} {arch.describe()}; it was trained on "
                         f"{describe_archs(archs)}")
     if task is not None:

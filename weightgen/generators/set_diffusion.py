@@ -27,8 +27,8 @@ from weightgen.generators.common import (
 from weightgen.generators.diffusion import with_null_prompt
 from weightgen.generators.set_dit import SetDiT
 from weightgen.space.neurons import NeuronLayout, check_expressible, neuron_layout, output_classes
-from weightgen.specs import ArchSpec, find_arch
-from weightgen.tasks import TASK_CODE_DIM, parse_prompt, task_code
+from weightgen.specs import ArchSpec
+from weightgen.tasks import TASK_CODE_DIM, task_code
 
 TRAIN_HINT = "`python train/train_set_diffusion.py configs/generator/set-diffusion-digits.yaml`"
 FILES = {"denoiser": ["config.json", "diffusion_pytorch_model.safetensors"], "scheduler": ["scheduler_config.json"]}
@@ -53,6 +53,21 @@ def packed_mask(layout: NeuronLayout) -> torch.Tensor:
     sizes = layout.arch.sizes
     edges = sum(hi * lo for lo, hi in zip(sizes[1:-1], sizes[2:]))
     return torch.cat([layout.feature_mask.flatten(), torch.ones(edges, dtype=torch.bool)])
+
+
+def layer_masks(layout: NeuronLayout) -> list[torch.Tensor]:
+    """Per layer after the input, (D,) bool over the packed vector: its neurons' real features and
+    the weight matrix into it (for a staged model, which samples them one layer after another)."""
+    n_nodes = layout.num_nodes * layout.feature_dim
+    node_layer = layout.meta.depth_in[:, None].expand(-1, layout.feature_dim)
+    node_part = [(node_layer == i) & layout.feature_mask for i in range(len(layout.slices))]
+    sizes, out = layout.arch.sizes, []
+    edge_sizes = [hi * lo for lo, hi in zip(sizes[1:-1], sizes[2:])]
+    for i, nodes in enumerate(node_part):
+        edges = [torch.full((n,), i == j + 1) for j, n in enumerate(edge_sizes)]
+        out.append(torch.cat([nodes.flatten(), *edges]))
+    assert all(len(m) == n_nodes + sum(edge_sizes) for m in out)
+    return out
 
 
 def arch_notes(arch: ArchSpec, seen: list[ArchSpec]) -> list[str]:
@@ -86,25 +101,13 @@ class SetDiffusionPipeline(WeightPipeline):
 
     def resolve(self, prompt: str, arch: ArchSpec | str | None):
         """The request, for any MLP the space can express; the arch must read the generator's inputs."""
-        if isinstance(arch, str):
-            arch = ArchSpec.parse(arch)
-        wanted = arch if arch is not None else find_arch(prompt.strip())[0] if isinstance(prompt, str) else None
-        candidates = list(self.archs)
-        if wanted is None and isinstance(prompt, str) and prompt.strip():
-            try:  # no arch named: the task's default width at the zoo's most common depth
-                task = parse_prompt(prompt)
-                candidates.append(ArchSpec("mlp", (self.denoiser.config.in_dim, 32, task.out_dim)))
-            except Exception:  # noqa: BLE001 - resolve_request gives the one-sentence error
-                pass
-        if wanted is not None:
-            check_expressible(wanted, self.denoiser.config.in_dim)
-            candidates.append(wanted)
-        req = resolve_request(prompt, arch, candidates, self.denoiser.config.task_kinds)
-        check_expressible(req.arch, self.denoiser.config.in_dim)
-        if req.arch.out_dim > self.denoiser.config.n_classes:
-            raise ArchError(f"{req.arch.describe()} has {req.arch.out_dim} outputs; this generator knows "
+        return resolve_request(prompt, arch, self.archs, self.denoiser.config.task_kinds, accept=self._check_arch)
+
+    def _check_arch(self, arch: ArchSpec) -> None:
+        check_expressible(arch, self.denoiser.config.in_dim)
+        if arch.out_dim > self.denoiser.config.n_classes:
+            raise ArchError(f"{arch.describe()} has {arch.out_dim} outputs; this generator knows "
                             f"{self.denoiser.config.n_classes} classes")
-        return req
 
     @torch.no_grad()
     def __call__(self, prompt: str, arch: ArchSpec | str | None = None, num_samples: int = 1,
@@ -129,15 +132,27 @@ class SetDiffusionPipeline(WeightPipeline):
         out = []
         for start in self._progress(range(0, num_samples, batch_size), progress):
             x = noise[start : start + batch_size] * (self.scheduler.init_noise_sigma * temperature)
-            out.append(self._denoise(layout, x, keep, emb, classes, code, num_inference_steps, guidance_scale, g))
+            x = self._denoise(layout, x, keep, emb, classes, code, num_inference_steps, guidance_scale, g)
+            if self.denoiser.config.staged:  # layer by layer: keep layers < f, draw the rest again for them
+                layers = [m.to(device, dtype) for m in layer_masks(layout)]
+                for f in range(1, len(layers)):
+                    fixed = sum(layers[:f])
+                    fresh = torch.randn(x.shape, generator=g).to(device, dtype) * keep * (1 - fixed)
+                    x = self._denoise(layout, x * fixed + fresh * self.scheduler.init_noise_sigma * temperature, keep,
+                                      emb, classes, code, num_inference_steps, guidance_scale, g, fixed=fixed, given=f)
+            out.append(x)
         nodes, edges = unpack(layout, torch.cat(out).float())
         nodes, edges = self.denoiser.stats.destandardize(layout, nodes, edges)
         flat = layout.join(nodes, edges).cpu()
         return GeneratedWeights(req.arch, req.task, req.text, flat, flat.isfinite().all(1),
                                 notes=arch_notes(req.arch, self.archs))
 
-    def _denoise(self, layout, x, keep, emb, classes, code, steps: int, guidance: float, g) -> torch.Tensor:
+    def _denoise(self, layout, x, keep, emb, classes, code, steps: int, guidance: float, g,
+                 fixed: torch.Tensor | None = None, given: int = 0) -> torch.Tensor:
+        """DDIM-style loop over the packed x; `fixed` (D,) 0/1: the slots of the `given` leading
+        layers, held at their value in x (clean)."""
         n, device, dtype = len(x), x.device, x.dtype
+        held = None if fixed is None else x * fixed
         text = emb.tokens.to(device, dtype).expand(n, -1, -1)
         mask = emb.mask.to(device).expand(n, -1)
         null_code = torch.zeros(n, self.denoiser.config.task_code_dim or TASK_CODE_DIM, device=device, dtype=dtype)
@@ -154,11 +169,15 @@ class SetDiffusionPipeline(WeightPipeline):
         for t in self.scheduler.timesteps:
             inp = self.scheduler.scale_model_input(x, t).repeat(rows // n, 1)
             nodes, edges = unpack(layout, inp)
+            given_t = torch.full((rows,), given, device=device) if self.denoiser.config.staged else None
             out_nodes, out_edges = self.denoiser(layout, nodes, edges, t.expand(rows), text, mask, classes,
-                                                 task_code=code if self.denoiser.code_proj is not None else None)
+                                                 task_code=code if self.denoiser.code_proj is not None else None,
+                                                 given=given_t)
             out = pack(out_nodes, out_edges)
             if rows == 2 * n:
                 uncond, cond = out.chunk(2)
                 out = uncond + guidance * (cond - uncond)
             x = self.scheduler.step(out, t, x, generator=g).prev_sample * keep
+            if held is not None:
+                x = x * (1 - fixed) + held
         return x
