@@ -1,8 +1,8 @@
 """Sampling speed: checkpoints per second per generator (sampling + decoding, batched), and the time to
 generate one model over the time to train one to the same accuracy.
 
-    python benchmarks/bench_sampling.py [--diffusion runs/generators/diffusion-digits]
-        [--ar runs/generators/ar-digits] [--samples 256] [--task digits-subset-0-5-8] [--hidden 32]
+    python benchmarks/bench_sampling.py [--diffusion DIR (default: quickstart's generator)]
+        [--ar DIR] [--zoo runs/zoo/digits-mlp] [--samples 256] [--task digits-subset-0-5-8] [--hidden 32]
 
 Each setting samples `--samples` networks in one call (batch 256), after one warm-up call, and
 counts the decoded state_dicts' wall time. The training side is the zoo's own recipe on one model
@@ -20,8 +20,7 @@ import torch
 
 from weightgen.baselines import finetune_steps, zoo_recipe
 from weightgen.evaluate import evaluate_flat
-from weightgen.generators.autoregressive import WeightARPipeline
-from weightgen.generators.diffusion import WeightDiffusionPipeline
+from weightgen.home import load_generator
 from weightgen.specs import ArchSpec
 from weightgen.tasks import get_task
 from weightgen.zoo.store import ZooStore
@@ -37,8 +36,8 @@ def timed(pipe, prompt: str, arch: ArchSpec, n: int, **kwargs):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--diffusion", default="runs/generators/diffusion-digits")
-    ap.add_argument("--ar", default="runs/generators/ar-digits")
+    ap.add_argument("--diffusion", help="a diffusion generator folder (default: the one quickstart cached)")
+    ap.add_argument("--ar", help="an AR generator folder (default: none)")
     ap.add_argument("--zoo", default="runs/zoo/digits-mlp")
     ap.add_argument("--samples", type=int, default=256)
     ap.add_argument("--task", default="digits-subset-0-5-8")
@@ -48,19 +47,20 @@ def main() -> None:
     arch = ArchSpec("mlp", (task.in_dim, args.hidden, task.out_dim))
     prompt = f"{task.description} with {arch.article} {arch.describe()}"
     recipe = zoo_recipe(ZooStore(args.zoo))
-    settings = [
-        ("diffusion", "25 steps, guidance 2 (until 2026-11-24)", {"num_inference_steps": 25, "guidance_scale": 2.0}),
-        ("diffusion", "10 steps, guidance 1", {"num_inference_steps": 10, "guidance_scale": 1.0}),
-        ("diffusion", "4 steps, guidance 1 (defaults)", {}),
-        ("diffusion", "2 steps, guidance 1", {"num_inference_steps": 2, "guidance_scale": 1.0}),
-        ("ar", "temperature 1", {"temperature": 1.0}),
-    ]
-    pipes = {"diffusion": WeightDiffusionPipeline.from_pretrained(args.diffusion),
-             "ar": WeightARPipeline.from_pretrained(args.ar)}
+    pipes = {"diffusion": load_generator(args.diffusion, "diffusion")[0]}
+    if args.ar:
+        pipes["ar"] = load_generator(args.ar, "ar")[0]
+    if type(pipes["diffusion"]).__name__ == "SetDiffusionPipeline":  # any width: 10 steps by default
+        diffusion = [("10 steps, guidance 1 (defaults)", {}), ("5 steps, guidance 1", {"num_inference_steps": 5})]
+    else:  # the arch-indexed latent diffusion
+        diffusion = [("10 steps, guidance 1", {"num_inference_steps": 10, "guidance_scale": 1.0}),
+                     ("4 steps, guidance 1 (defaults)", {}),
+                     ("2 steps, guidance 1", {"num_inference_steps": 2, "guidance_scale": 1.0})]
+    settings = [("diffusion", name, kw) for name, kw in diffusion] + ([("ar", "temperature 1", {"temperature": 1.0})]
+                                                                      if args.ar else [])
     results = []
     for kind, name, kwargs in settings:
         pipe = pipes[kind]
-        pipe.set_progress_bar_config(disable=True)
         out, seconds = timed(pipe, prompt, arch, args.samples, **kwargs)
         acc = evaluate_flat(arch, out.flat, task)["acc"]
         mean_acc = acc[out.finite].mean().item()
