@@ -18,16 +18,17 @@ from diffusers.training_utils import EMAModel
 from rich.progress import Progress
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from weightgen.encoders.training import save_checkpoint, warmup_cosine
+from weightgen.encoders.training import warmup_cosine
 from weightgen.encoders.vqvae import WeightVQVAE
 from weightgen.generators.autoregressive import WeightARPipeline, WeightARPrefix
 from weightgen.generators.training import (
     GeneratorTrainConfig,
+    end_step,
     load_encoded_zoo,
     load_encoder,
     resume,
     sample_batch,
-    save_pipeline,
+    save_with_ema,
     task_kinds,
 )
 from weightgen.tasks import TASK_CODE_DIM
@@ -105,18 +106,11 @@ def main(cfg: ARConfig) -> None:
                     accelerator.backward(loss)
                     opt.step()
                     opt.zero_grad()
-            sched.step()
-            ema.step(parts.parameters())
-            progress.update(job, advance=1, description=f"autoregressive loss {loss.item():.4f}")
-            if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-                save_checkpoint(accelerator, cfg.out, step + 1)
+            end_step(accelerator, cfg, step, sched, ema, parts.parameters(), progress, job, "autoregressive", loss)
 
     # 5. Save the pipeline with the EMA weights, and the resolved config beside it.
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        ema.copy_to(parts.parameters())
-        save_pipeline(WeightARPipeline(lm=parts.lm, prefix=parts.prefix, tokenizer=tokenizer), cfg)
-    accelerator.print(f"saved {cfg.out}")
+    save_with_ema(accelerator, cfg, ema, parts.parameters(),
+                  lambda: WeightARPipeline(lm=parts.lm, prefix=parts.prefix, tokenizer=tokenizer))
 
 
 if __name__ == "__main__":

@@ -20,19 +20,20 @@ from diffusers.training_utils import EMAModel
 from rich.progress import Progress
 
 from weightgen.encoders.autoencoder import WeightAutoencoder
-from weightgen.encoders.training import save_checkpoint, warmup_cosine
+from weightgen.encoders.training import warmup_cosine
 from weightgen.errors import ConfigError
 from weightgen.generators.diffusion import WeightDiffusionPipeline, with_null_prompt
 from weightgen.generators.dit import WeightDiT
 from weightgen.generators.training import (
     GeneratorTrainConfig,
     drop_mask,
+    end_step,
     load_encoded_zoo,
     load_encoder,
     noised,
     resume,
     sample_batch,
-    save_pipeline,
+    save_with_ema,
     task_kinds,
 )
 from weightgen.tasks import TASK_CODE_DIM
@@ -121,20 +122,13 @@ def main(cfg: DiffusionConfig) -> None:
                     accelerator.backward(loss)
                     opt.step()
                     opt.zero_grad()
-            sched.step()
-            ema.step(accelerator.unwrap_model(model).parameters())
-            progress.update(job, advance=1, description=f"diffusion loss {loss.item():.4f}")
-            if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-                save_checkpoint(accelerator, cfg.out, step + 1)
+            end_step(accelerator, cfg, step, sched, ema, accelerator.unwrap_model(model).parameters(), progress, job,
+                     "diffusion", loss)
 
     # 5. Save the pipeline with the EMA weights, and the resolved config beside it.
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        final = accelerator.unwrap_model(model)
-        ema.copy_to(final.parameters())
-        sampler = SAMPLERS[cfg.sampler].from_config(noise_sched.config)
-        save_pipeline(WeightDiffusionPipeline(denoiser=final, scheduler=sampler, encoder=encoder), cfg)
-    accelerator.print(f"saved {cfg.out}")
+    final = accelerator.unwrap_model(model)
+    save_with_ema(accelerator, cfg, ema, final.parameters(), lambda: WeightDiffusionPipeline(
+        denoiser=final, scheduler=SAMPLERS[cfg.sampler].from_config(noise_sched.config), encoder=encoder))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.training_utils import EMAModel
 from rich.progress import Progress
 
-from weightgen.encoders.training import save_checkpoint, warmup_cosine
+from weightgen.encoders.training import warmup_cosine
 from weightgen.errors import ConfigError
 from weightgen.generators.diffusion import with_null_prompt
 from weightgen.generators.set_diffusion import (
@@ -34,10 +34,11 @@ from weightgen.generators.set_dit import SetDiT
 from weightgen.generators.training import (
     GeneratorTrainConfig,
     drop_mask,
+    end_step,
     load_set_zoo,
     noised,
     resume,
-    save_pipeline,
+    save_with_ema,
 )
 from weightgen.tasks import TASK_CODE_DIM, get_task
 from weightgen.zoo.store import ZooStore
@@ -176,20 +177,13 @@ def main(cfg: SetDiffusionConfig) -> None:
                     accelerator.backward(loss)
                     opt.step()
                     opt.zero_grad()
-            sched.step()
-            ema.step(accelerator.unwrap_model(model).parameters())
-            progress.update(job, advance=1, description=f"set diffusion loss {loss.item():.4f}")
-            if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-                save_checkpoint(accelerator, cfg.out, step + 1)
+            end_step(accelerator, cfg, step, sched, ema, accelerator.unwrap_model(model).parameters(), progress, job,
+                     "set diffusion", loss)
 
     # 4. Save the pipeline with the EMA weights, and the resolved config beside it.
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        final = accelerator.unwrap_model(model)
-        ema.copy_to(final.parameters())
-        sampler = SAMPLERS[cfg.sampler].from_config(noise_sched.config)
-        save_pipeline(SetDiffusionPipeline(denoiser=final, scheduler=sampler), cfg)
-    accelerator.print(f"saved {cfg.out}")
+    final = accelerator.unwrap_model(model)
+    save_with_ema(accelerator, cfg, ema, final.parameters(), lambda: SetDiffusionPipeline(
+        denoiser=final, scheduler=SAMPLERS[cfg.sampler].from_config(noise_sched.config)))
 
 
 if __name__ == "__main__":

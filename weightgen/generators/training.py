@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from weightgen.config import to_dict
+from weightgen.encoders.training import save_checkpoint
 from weightgen.errors import GeneratorError
 from weightgen.generators.common import shared_text_encoder
 from weightgen.space.dataset import zoo_weights
@@ -230,3 +231,24 @@ def load_set_zoo(store: ZooStore) -> tuple[list[SetArchData], PromptTable, list[
     if not data:
         raise GeneratorError(f"zoo {store.root} has no non-held-out MLP models to train on")
     return data, embed_prompts(list(texts)), skipped
+
+
+def end_step(accelerator, cfg, step: int, sched, ema, params, progress, job, label: str, loss) -> None:
+    """What ends every generator training step: the LR schedule, the EMA of `params` (an iterable of
+    the unwrapped model's parameters), the progress bar, and an accelerate checkpoint every
+    `save_every` steps and at the last one (what `resume` restarts from)."""
+    sched.step()
+    ema.step(params)
+    progress.update(job, advance=1, description=f"{label} loss {loss.item():.4f}")
+    if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+        save_checkpoint(accelerator, cfg.out, step + 1)
+
+
+def save_with_ema(accelerator, cfg, ema, params, make_pipeline) -> None:
+    """On the main process, copy the EMA weights into `params` and save the pipeline that
+    `make_pipeline()` then builds (with `save_pipeline`, the resolved config beside it)."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        ema.copy_to(params)
+        save_pipeline(make_pipeline(), cfg)
+    accelerator.print(f"saved {cfg.out}")
