@@ -77,26 +77,23 @@ def sample_set_batch(data, n: int, step: int, seed: int, rank: int):
     return d, rows, choices[torch.arange(n), pick], g
 
 
-def probe_inputs(task_ids: list[str], size: int, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`size` training inputs, as even over the classes as the zoo's tasks allow, and their class
-    (a subset task's label mapped back to its digit): SetDiT's probe."""
+def probe_inputs(task_ids: list[str], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`size` training inputs, as even over the classes as the zoo's tasks allow (round robin over
+    the classes present), and their class (a subset task's label mapped back to its digit)."""
     per_class: dict[int, list[torch.Tensor]] = {}
-    want = -(-size // n_classes)
     for tid in sorted(set(task_ids)):
         task = get_task(tid)
         x, y = task.split("train")
         labels = torch.tensor(task.classes)[y] if getattr(task, "classes", ()) else y
         for c in labels.unique().tolist():
             have = per_class.setdefault(c, [])
-            if sum(len(t) for t in have) < want:
-                have.append(x[labels == c][: want - sum(len(t) for t in have)])
-    xs = [(torch.cat(v), c) for c, v in sorted(per_class.items())]
-    x = torch.cat([v for v, _ in xs])
-    y = torch.cat([torch.full((len(v),), c) for v, c in xs])
-    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:size]
-    if len(idx) < size:
-        raise ConfigError(f"the zoo's tasks hold {len(idx)} training inputs, fewer than probe_size={size}")
-    return x[idx], y[idx]
+            if sum(len(t) for t in have) < size:
+                have.append(x[labels == c])
+    pools = {c: torch.cat(v) for c, v in sorted(per_class.items())}
+    order = [(c, r) for r in range(size) for c in pools if r < len(pools[c])][:size]
+    if len(order) < size:
+        raise ConfigError(f"the zoo's tasks hold {len(order)} training inputs, fewer than probe_size={size}")
+    return torch.stack([pools[c][r] for c, r in order]), torch.tensor([c for c, _ in order])
 
 
 def main(cfg: SetDiffusionConfig) -> None:
@@ -123,7 +120,7 @@ def main(cfg: SetDiffusionConfig) -> None:
     denoiser.set_text_stats(table.tokens, table.mask)
     denoiser.stats.fit([(d.layout, d.nodes, d.edges) for d in data])
     if cfg.probe_size:
-        denoiser.set_probe(*probe_inputs([r["task"] for d in data for r in d.records], cfg.probe_size, cfg.n_classes))
+        denoiser.set_probe(*probe_inputs([r["task"] for d in data for r in d.records], cfg.probe_size))
     for d in data:
         d.nodes, d.edges = denoiser.stats.standardize(d.layout, d.nodes, d.edges)
         d.packed = pack(d.nodes, d.edges)
