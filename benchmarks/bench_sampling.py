@@ -20,6 +20,7 @@ import torch
 
 from weightgen.baselines import finetune_steps, zoo_recipe
 from weightgen.evaluate import evaluate_flat
+from weightgen.generators.set_diffusion import SetDiffusionPipeline
 from weightgen.home import load_generator
 from weightgen.specs import ArchSpec
 from weightgen.tasks import get_task
@@ -50,7 +51,7 @@ def main() -> None:
     pipes = {"diffusion": load_generator(args.diffusion, "diffusion")[0]}
     if args.ar:
         pipes["ar"] = load_generator(args.ar, "ar")[0]
-    if type(pipes["diffusion"]).__name__ == "SetDiffusionPipeline":  # any width: 10 steps by default
+    if isinstance(pipes["diffusion"], SetDiffusionPipeline):  # any width: 10 steps by default
         diffusion = [("10 steps, guidance 1 (defaults)", {}), ("5 steps, guidance 1", {"num_inference_steps": 5})]
     else:  # the arch-indexed latent diffusion
         diffusion = [("10 steps, guidance 1", {"num_inference_steps": 10, "guidance_scale": 1.0}),

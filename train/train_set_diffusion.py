@@ -77,11 +77,13 @@ def sample_set_batch(data, n: int, step: int, seed: int, rank: int):
     return d, rows, choices[torch.arange(n), pick], g
 
 
-def probe_inputs(task_ids: list[str], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def probe_inputs(task_ids: list[str], size: int, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`size` training inputs, as even over the classes as the zoo's tasks allow (round robin over
     the classes present), and their class (a subset task's label mapped back to its digit)."""
     per_class: dict[int, list[torch.Tensor]] = {}
     for tid in sorted(set(task_ids)):
+        if len(per_class) == n_classes and all(sum(len(t) for t in v) >= size for v in per_class.values()):
+            break  # every class is full: reading the remaining tasks' splits changes nothing
         task = get_task(tid)
         x, y = task.split("train")
         labels = torch.tensor(task.classes)[y] if getattr(task, "classes", ()) else y
@@ -120,7 +122,8 @@ def main(cfg: SetDiffusionConfig) -> None:
     denoiser.set_text_stats(table.tokens, table.mask)
     denoiser.stats.fit([(d.layout, d.nodes, d.edges) for d in data])
     if cfg.probe_size:
-        denoiser.set_probe(*probe_inputs([r["task"] for d in data for r in d.records], cfg.probe_size))
+        denoiser.set_probe(*probe_inputs([r["task"] for d in data for r in d.records], cfg.probe_size,
+                                        cfg.n_classes))
     for d in data:
         d.nodes, d.edges = denoiser.stats.standardize(d.layout, d.nodes, d.edges)
         d.packed = pack(d.nodes, d.edges)

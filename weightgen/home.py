@@ -91,10 +91,11 @@ def load_generator(path: str | Path | None, kind: str | None):
     cached default of `kind` (diffusion if None). Missing defaults point at `weightgen quickstart`."""
     if path is None:
         path = default_generator(kind or "diffusion")
-        if not (path / "model_index.json").is_file() and kind == "ar":
-            raise GeneratorError(f"no default ar generator in {path.parent}: quickstart builds the diffusion "
-                                 "generator only; pass --generator DIR with an AR generator you trained (README, 'Generators')")
         if not (path / "model_index.json").is_file():
+            if kind == "ar":
+                raise GeneratorError(f"no default ar generator in {path.parent}: quickstart builds the diffusion "
+                                     "generator only; pass --generator DIR with an AR generator you trained "
+                                     "(README, 'Generators')")
             raise GeneratorError(f"no default {kind or 'diffusion'} generator in {path.parent}; run `weightgen "
                                  "quickstart` to build one, or pass --generator DIR")
     path = Path(path)

@@ -87,11 +87,11 @@ def stages(root: Path | None = None) -> tuple[list[Stage], dict[str, Path]]:
 
         build_zoo(load_config(ZooConfig, CONFIGS / "zoo" / "digits-mlp.yaml"), paths["zoo"])
 
-    def trained(name: str, script: str, config: Path, key: str, marker: str, after: str, **overrides) -> Stage:
-        """The stage that runs train/train_SCRIPT.py with CONFIG into paths[key]."""
+    def trained(name: str, script: str, config_cls: str, config: Path, key: str, marker: str, after: str,
+                **overrides) -> Stage:
+        """The stage that runs train/train_SCRIPT.py with CONFIG (read as its CONFIG_CLS) into paths[key]."""
         module = train_script(script)
-        cls = {"set_diffusion": "SetDiffusionConfig"}[script]
-        cfg = _config(config, getattr(module, cls), out=paths[key], **overrides)
+        cfg = _config(config, getattr(module, config_cls), out=paths[key], **overrides)
         folder = paths[key]
         return Stage(name, lambda: (folder / marker).is_file() and (folder / "train_config.json").is_file(),
                      lambda: module.main(cfg), lambda: not built_with(folder, cfg), (after,), folder)
@@ -99,8 +99,9 @@ def stages(root: Path | None = None) -> tuple[list[Stage], dict[str, Path]]:
     zoo_stage = "zoo: 5,148 MLPs on 429 digits tasks"
     return [
         Stage(zoo_stage, lambda: _zoo_complete(paths["zoo"]), zoo),
-        trained("neuron-set diffusion generator", "set_diffusion", CONFIGS / "generator" / "set-diffusion-digits.yaml",
-                "diffusion", "model_index.json", zoo_stage, zoo=paths["zoo"]),
+        trained("neuron-set diffusion generator", "set_diffusion", "SetDiffusionConfig",
+                CONFIGS / "generator" / "set-diffusion-digits.yaml", "diffusion", "model_index.json", zoo_stage,
+                zoo=paths["zoo"]),
     ], paths
 
 

@@ -58,16 +58,11 @@ def packed_mask(layout: NeuronLayout) -> torch.Tensor:
 def layer_masks(layout: NeuronLayout) -> list[torch.Tensor]:
     """Per layer after the input, (D,) bool over the packed vector: its neurons' real features and
     the weight matrix into it (for a staged model, which samples them one layer after another)."""
-    n_nodes = layout.num_nodes * layout.feature_dim
     node_layer = layout.meta.depth_in[:, None].expand(-1, layout.feature_dim)
-    node_part = [(node_layer == i) & layout.feature_mask for i in range(len(layout.slices))]
-    sizes, out = layout.arch.sizes, []
-    edge_sizes = [hi * lo for lo, hi in zip(sizes[1:-1], sizes[2:])]
-    for i, nodes in enumerate(node_part):
-        edges = [torch.full((n,), i == j + 1) for j, n in enumerate(edge_sizes)]
-        out.append(torch.cat([nodes.flatten(), *edges]))
-    assert all(len(m) == n_nodes + sum(edge_sizes) for m in out)
-    return out
+    sizes = layout.arch.sizes
+    return [pack(((node_layer == i) & layout.feature_mask)[None],
+                 [torch.full((1, hi, lo), i == j + 1) for j, (lo, hi) in enumerate(zip(sizes[1:-1], sizes[2:]))])[0]
+            for i in range(len(layout.slices))]
 
 
 def arch_notes(arch: ArchSpec, seen: list[ArchSpec]) -> list[str]:
@@ -129,17 +124,16 @@ class SetDiffusionPipeline(WeightPipeline):
         emb = self._text(req.text)
         classes = output_classes(req.arch, req.task)[None].to(device)
         code = None if req.task is None else task_code(req.task)[None].to(device, dtype)
+        layers = [m.to(device, dtype) for m in layer_masks(layout)] if self.denoiser.config.staged else []
         out = []
         for start in self._progress(range(0, num_samples, batch_size), progress):
             x = noise[start : start + batch_size] * (self.scheduler.init_noise_sigma * temperature)
             x = self._denoise(layout, x, keep, emb, classes, code, num_inference_steps, guidance_scale, g)
-            if self.denoiser.config.staged:  # layer by layer: keep layers < f, draw the rest again for them
-                layers = [m.to(device, dtype) for m in layer_masks(layout)]
-                for f in range(1, len(layers)):
-                    fixed = sum(layers[:f])
-                    fresh = torch.randn(x.shape, generator=g).to(device, dtype) * keep * (1 - fixed)
-                    x = self._denoise(layout, x * fixed + fresh * self.scheduler.init_noise_sigma * temperature, keep,
-                                      emb, classes, code, num_inference_steps, guidance_scale, g, fixed=fixed, given=f)
+            for f in range(1, len(layers)):  # staged: keep layers < f, draw the rest again for them
+                fixed = sum(layers[:f])
+                fresh = torch.randn(x.shape, generator=g).to(device, dtype) * keep * (1 - fixed)
+                x = self._denoise(layout, x * fixed + fresh * self.scheduler.init_noise_sigma * temperature, keep,
+                                  emb, classes, code, num_inference_steps, guidance_scale, g, fixed=fixed, given=f)
             out.append(x)
         nodes, edges = unpack(layout, torch.cat(out).float())
         nodes, edges = self.denoiser.stats.destandardize(layout, nodes, edges)
@@ -165,11 +159,11 @@ class SetDiffusionPipeline(WeightPipeline):
                 text, mask, code = torch.cat([null_text, text]), torch.cat([null_mask, mask]), torch.cat([null_code, code])
         rows = len(text)
         classes = classes.expand(rows, -1)
+        given_t = torch.full((rows,), given, device=device) if self.denoiser.config.staged else None
         self.scheduler.set_timesteps(steps, device=device)
         for t in self.scheduler.timesteps:
             inp = self.scheduler.scale_model_input(x, t).repeat(rows // n, 1)
             nodes, edges = unpack(layout, inp)
-            given_t = torch.full((rows,), given, device=device) if self.denoiser.config.staged else None
             out_nodes, out_edges = self.denoiser(layout, nodes, edges, t.expand(rows), text, mask, classes,
                                                  task_code=code if self.denoiser.code_proj is not None else None,
                                                  given=given_t)
