@@ -141,3 +141,15 @@ def debug_set_generator(debug_zoo, tmp_path_factory) -> Path:
         script.main(load_config(script.SetDiffusionConfig, ROOT / "configs" / "generator" / "debug-set-diffusion.yaml",
                                 [f"zoo={debug_zoo.root}", f"out={out}"]))
     return out
+
+
+@pytest.fixture(scope="session")
+def debug_set_ar(debug_zoo, tmp_path_factory) -> Path:
+    """The debug neuron-set AR generator (configs/generator/debug-set-ar.yaml, 2 steps) trained
+    in-process once on the debug zoo's MLPs. Do not modify it."""
+    script = load_train_script("set_ar")
+    out = tmp_path_factory.mktemp("generators") / "set-ar"
+    with one_thread():
+        script.main(load_config(script.SetARConfig, ROOT / "configs" / "generator" / "debug-set-ar.yaml",
+                                [f"zoo={debug_zoo.root}", f"out={out}"]))
+    return out

@@ -25,6 +25,7 @@ from weightgen.errors import ConfigError
 from weightgen.generators.diffusion import with_null_prompt
 from weightgen.generators.set_diffusion import (
     SetDiffusionPipeline,
+    clean_estimate,
     layer_masks,
     pack,
     packed_mask,
@@ -38,6 +39,7 @@ from weightgen.generators.training import (
     load_set_zoo,
     noised,
     resume,
+    sample_set_batch,
     save_with_ema,
 )
 from weightgen.tasks import TASK_CODE_DIM, get_task
@@ -57,6 +59,7 @@ class SetDiffusionConfig(GeneratorTrainConfig):
     staged: bool = False  # also learn each layer given the layers before it clean; sample layer by layer
     staged_share: float = 0.5  # share of a staged batch with some leading layers given clean
     probe_size: int = 0  # > 0: neurons see their class-mean outputs on this many training inputs (SetDiT)
+    self_cond: float = 0.0  # > 0: self-conditioning; share of batches that first estimate x0 (no grad) and feed it back
     prediction_type: str = "v_prediction"
     beta_schedule: str = "squaredcos_cap_v2"
     num_train_timesteps: int = 1000
@@ -64,17 +67,6 @@ class SetDiffusionConfig(GeneratorTrainConfig):
     sampler: str = "ddim"
     task_code: bool = True  # the task's structure (weightgen.tasks.task_code) joins the adaptive norms
     n_classes: int = 10
-
-
-def sample_set_batch(data, n: int, step: int, seed: int, rank: int):
-    """n models of one arch (arch drawn in proportion to its share of the zoo), one prompt each."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + rank * 7919 + step)
-    sizes = torch.tensor([len(d.nodes) for d in data], dtype=torch.float)
-    d = data[int(torch.multinomial(sizes, 1, generator=g))]
-    rows = torch.randint(len(d.nodes), (n,), generator=g)
-    choices = d.prompts[rows]
-    pick = (torch.rand(n, generator=g) * (choices >= 0).sum(1)).long()
-    return d, rows, choices[torch.arange(n), pick], g
 
 
 def probe_inputs(task_ids: list[str], size: int, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,7 +110,8 @@ def main(cfg: SetDiffusionConfig) -> None:
                       num_attention_heads=cfg.num_attention_heads, attention_head_dim=cfg.attention_head_dim,
                       text_dim=table.tokens.shape[-1], task_code_dim=TASK_CODE_DIM if cfg.task_code else 0,
                       task_kinds=kinds, archs=[d.layout.arch.to_dict() for d in data],
-                      edge_channels=cfg.edge_channels, staged=cfg.staged, probe_size=cfg.probe_size)
+                      edge_channels=cfg.edge_channels, staged=cfg.staged, probe_size=cfg.probe_size,
+                      self_cond=cfg.self_cond > 0)
     denoiser.set_text_stats(table.tokens, table.mask)
     denoiser.stats.fit([(d.layout, d.nodes, d.edges) for d in data])
     if cfg.probe_size:
@@ -166,11 +159,19 @@ def main(cfg: SetDiffusionConfig) -> None:
                     noisy, weight = torch.where(clean, x0, noisy), weight & ~clean
                     given = given.to(device)
                 nodes, edges = unpack(d.layout, noisy.to(device))
+                args = (d.layout, nodes, edges, t.to(device), text.to(device), mask.to(device),
+                        d.classes[rows].to(device))
+                kw = {"task_code": codes.to(device) if cfg.task_code else None, "given": given, "prev": None}
+                if cfg.self_cond and torch.rand((), generator=g) < cfg.self_cond:
+                    with torch.no_grad():  # the estimate sampling would feed back, from a first pass
+                        first = pack(*model(*args, **kw))
+                    x0_hat = clean_estimate(noise_sched.alphas_cumprod, noisy.to(device), first.float(),
+                                            t.to(device), cfg.prediction_type) * d.keep.to(device)
+                    if given is not None:  # the clean leading layers are known exactly
+                        x0_hat = torch.where(clean.to(device), x0.to(device), x0_hat)
+                    kw["prev"] = unpack(d.layout, x0_hat)
                 with accelerator.accumulate(model):
-                    out_nodes, out_edges = model(d.layout, nodes, edges, t.to(device), text.to(device),
-                                                 mask.to(device), d.classes[rows].to(device),
-                                                 task_code=codes.to(device) if cfg.task_code else None,
-                                                 given=given)
+                    out_nodes, out_edges = model(*args, **kw)
                     out = pack(out_nodes, out_edges)
                     weight = weight.to(device)
                     loss = ((out.float() - target.to(device)) ** 2 * weight).sum() / weight.sum()

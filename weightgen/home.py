@@ -14,7 +14,9 @@ from weightgen.errors import GeneratorError
 
 KINDS = ("diffusion", "ar")
 # pipeline class -> kind; the neuron-set diffusion pipeline is a diffusion generator (same sampling options)
-PIPELINE_KINDS = {"WeightDiffusionPipeline": "diffusion", "SetDiffusionPipeline": "diffusion", "WeightARPipeline": "ar"}
+PIPELINE_KINDS = {"WeightDiffusionPipeline": "diffusion", "SetDiffusionPipeline": "diffusion", "WeightARPipeline": "ar",
+                  "SetARPipeline": "ar"}
+ANY_WIDTH = {"SetDiffusionPipeline": "denoiser", "SetARPipeline": "heads"}  # neuron-set pipelines: component with `archs`
 
 
 def home() -> Path:
@@ -53,14 +55,13 @@ def generator_archs(path: str | Path) -> tuple[list, bool]:
     from weightgen.specs import ArchSpec
 
     cls = pipeline_class(path)
-    component = {"SetDiffusionPipeline": "denoiser", "WeightDiffusionPipeline": "encoder",
-                 "WeightARPipeline": "tokenizer"}[cls]
+    component = ANY_WIDTH.get(cls) or {"WeightDiffusionPipeline": "encoder", "WeightARPipeline": "tokenizer"}[cls]
     try:
         archs = json.loads((Path(path) / component / "config.json").read_text()).get("archs") or []
     except (OSError, json.JSONDecodeError, AttributeError) as e:
         raise GeneratorError(f"{path}/{component}/config.json is missing or unreadable; the generator folder is "
                              "incomplete") from e
-    return [ArchSpec.from_dict(a) for a in archs], cls == "SetDiffusionPipeline"
+    return [ArchSpec.from_dict(a) for a in archs], cls in ANY_WIDTH
 
 
 def arch_status(spec, generator: Path | None) -> str | None:
@@ -106,6 +107,8 @@ def load_generator(path: str | Path | None, kind: str | None):
         raise GeneratorError(f"{path} holds a {found} generator, not {kind}")
     if pipeline_class(path) == "SetDiffusionPipeline":
         from weightgen.generators.set_diffusion import SetDiffusionPipeline as cls
+    elif pipeline_class(path) == "SetARPipeline":
+        from weightgen.generators.set_ar import SetARPipeline as cls
     elif found == "diffusion":
         from weightgen.generators.diffusion import WeightDiffusionPipeline as cls
     else:

@@ -65,6 +65,26 @@ def layer_masks(layout: NeuronLayout) -> list[torch.Tensor]:
             for i in range(len(layout.slices))]
 
 
+def clean_estimate(alphas_cumprod: torch.Tensor, x_t: torch.Tensor, out: torch.Tensor, t: torch.Tensor,
+                   prediction_type: str) -> torch.Tensor:
+    """The model's estimate of x0 from its output at x_t (t: (B,) or a scalar): what a
+    self-conditioning denoiser reads at the next step."""
+    a = alphas_cumprod.to(x_t.device)[t.to(x_t.device)].to(x_t.dtype).reshape(-1, 1)
+    if prediction_type == "v_prediction":
+        return a.sqrt() * x_t - (1 - a).sqrt() * out
+    if prediction_type == "epsilon":
+        return (x_t - (1 - a).sqrt() * out) / a.sqrt().clamp_min(1e-4)
+    return out
+
+
+def check_set_arch(arch: ArchSpec, in_dim: int, n_classes: int) -> None:
+    """One sentence for an arch a neuron-set generator cannot sample (`check_expressible`, or more
+    outputs than the classes it knows)."""
+    check_expressible(arch, in_dim)
+    if arch.out_dim > n_classes:
+        raise ArchError(f"{arch.describe()} has {arch.out_dim} outputs; this generator knows {n_classes} classes")
+
+
 def arch_notes(arch: ArchSpec, seen: list[ArchSpec]) -> list[str]:
     """'seen' / 'new' and, for a width outside the zoo's range at that depth, a warning."""
     if arch in seen:
@@ -99,10 +119,7 @@ class SetDiffusionPipeline(WeightPipeline):
         return resolve_request(prompt, arch, self.archs, self.denoiser.config.task_kinds, accept=self._check_arch)
 
     def _check_arch(self, arch: ArchSpec) -> None:
-        check_expressible(arch, self.denoiser.config.in_dim)
-        if arch.out_dim > self.denoiser.config.n_classes:
-            raise ArchError(f"{arch.describe()} has {arch.out_dim} outputs; this generator knows "
-                            f"{self.denoiser.config.n_classes} classes")
+        check_set_arch(arch, self.denoiser.config.in_dim, self.denoiser.config.n_classes)
 
     @torch.no_grad()
     def __call__(self, prompt: str, arch: ArchSpec | str | None = None, num_samples: int = 1,
@@ -160,17 +177,22 @@ class SetDiffusionPipeline(WeightPipeline):
         rows = len(text)
         classes = classes.expand(rows, -1)
         given_t = torch.full((rows,), given, device=device) if self.denoiser.config.staged else None
+        self_cond, prev = self.denoiser.config.self_cond, None
         self.scheduler.set_timesteps(steps, device=device)
         for t in self.scheduler.timesteps:
             inp = self.scheduler.scale_model_input(x, t).repeat(rows // n, 1)
             nodes, edges = unpack(layout, inp)
             out_nodes, out_edges = self.denoiser(layout, nodes, edges, t.expand(rows), text, mask, classes,
                                                  task_code=code if self.denoiser.code_proj is not None else None,
-                                                 given=given_t)
+                                                 given=given_t, prev=prev)
             out = pack(out_nodes, out_edges)
             if rows == 2 * n:
                 uncond, cond = out.chunk(2)
                 out = uncond + guidance * (cond - uncond)
+            if self_cond:
+                x0 = clean_estimate(self.scheduler.alphas_cumprod, inp[:n], out, t,
+                                    self.scheduler.config.prediction_type) * keep
+                prev = unpack(layout, x0.repeat(rows // n, 1))
             x = self.scheduler.step(out, t, x, generator=g).prev_sample * keep
             if held is not None:
                 x = x * (1 - fixed) + held

@@ -122,6 +122,7 @@ class SetDiT(ModelMixin, ConfigMixin, TextStatsMixin):
         edge_channels: int = 0,  # > 0: per-weight features updated every block (`EdgeStream`)
         staged: bool = False,  # leading layers may be given clean (`forward`'s `given`): layer-by-layer sampling
         probe_size: int = 0,  # > 0: every neuron also sees what it computes on that many fixed inputs (`probe_features`)
+        self_cond: bool = False,  # also read the previous step's clean estimate (`forward`'s `prev`)
     ):
         super().__init__()
         dim = num_attention_heads * attention_head_dim
@@ -145,13 +146,16 @@ class SetDiT(ModelMixin, ConfigMixin, TextStatsMixin):
         if edge_channels:
             if dim % edge_channels:
                 raise ValueError(f"edge_channels ({edge_channels}) must divide the model width ({dim})")
-            self.edge_in = nn.Linear(1, edge_channels)
+            self.edge_in = nn.Linear(2 if self_cond else 1, edge_channels)
             self.streams = nn.ModuleList(EdgeStream(dim, edge_channels) for _ in range(num_layers))
             self.edge_feat_out = nn.ModuleList([nn.Linear(edge_channels, 1), nn.Linear(edge_channels, 1)])
         if probe_size:  # set by `set_probe` before training; saved with the model
             self.register_buffer("probe_x", torch.zeros(probe_size, in_dim))
             self.register_buffer("probe_y", torch.zeros(probe_size, dtype=torch.long))
             self.probe_proj = nn.Linear(n_classes, dim)
+        if self_cond:  # the previous clean estimate: its node features and (with probes) what it computes
+            self.prev_proj = nn.Linear(feat, dim)
+            self.prev_probe_proj = nn.Linear(n_classes, dim) if probe_size else None
         if staged:  # marks the tokens of layers given clean
             self.given_embed = nn.Parameter(torch.zeros(dim))
         self.stats = RoleStats()
@@ -197,16 +201,27 @@ class SetDiT(ModelMixin, ConfigMixin, TextStatsMixin):
     def forward(self, layout: NeuronLayout, nodes: torch.Tensor, edges: list[torch.Tensor], timestep: torch.Tensor,
                 text_tokens: torch.Tensor, text_mask: torch.Tensor, classes: torch.Tensor,
                 task_code: torch.Tensor | None = None,
-                given: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                given: torch.Tensor | None = None,
+                prev: tuple[torch.Tensor, list[torch.Tensor]] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """nodes (B, N, F), edges [(B, n_l, n_{l-1})], timestep (B,), text (B, L, text_dim) + mask,
         classes (B, k) -> model output of the same shapes as (nodes, edges). A `staged` model also
         takes `given` (B,) long: how many leading layers (a layer: its neurons and the weights into
-        them) are clean, the rest being noisy at `timestep` and denoised for them."""
+        them) are clean, the rest being noisy at `timestep` and denoised for them. A `self_cond`
+        model also takes `prev`: its own clean estimate (nodes, edges) from the previous sampling
+        step, standardised, or None (read as zeros) for the first step."""
         b = nodes.shape[0]
         mask = layout.feature_mask.to(nodes.device)
         h = self.proj_in(nodes * mask) + self.embed_nodes(layout, classes)
         if self.config.probe_size:
             h = h + self.probe_proj(self.probe_features(layout, nodes * mask, edges).to(h.dtype))
+        if self.config.self_cond:
+            # Self-conditioning (Chen et al., 2023, "Analog Bits"): probe features read from x_t are
+            # noise at high t; read from the last clean estimate they say what the net computes.
+            if prev is None:
+                prev = torch.zeros_like(nodes), [torch.zeros_like(e) for e in edges]
+            h = h + self.prev_proj(prev[0] * mask)
+            if self.prev_probe_proj is not None:
+                h = h + self.prev_probe_proj(self.probe_features(layout, prev[0] * mask, prev[1]).to(h.dtype))
         if self.config.staged and given is not None:
             clean = layout.meta.depth_in.to(h.device)[None] < given.to(h.device)[:, None]  # (B, N)
             h = h + clean[..., None].to(h.dtype) * self.given_embed
@@ -219,7 +234,12 @@ class SetDiT(ModelMixin, ConfigMixin, TextStatsMixin):
             emb = emb + self.code_proj(task_code.to(emb.dtype))
         t_emb = self.adaln_single.linear(self.adaln_single.silu(emb))
         text_bias = _mask_bias(text_mask)
-        feats = [self.edge_in(e.to(h.dtype)[..., None]) for e in edges] if self.config.edge_channels else None
+        feats = None
+        if self.config.edge_channels:
+            inputs = [e[..., None] for e in edges]
+            if self.config.self_cond:
+                inputs = [torch.cat([e, p[..., None].to(e)], -1) for e, p in zip(inputs, prev[1])]
+            feats = [self.edge_in(e.to(h.dtype)) for e in inputs]
         for i, (messages, block) in enumerate(zip(self.messages, self.blocks)):
             if feats is not None:
                 feats = self.streams[i](h, feats, layout.slices)

@@ -233,6 +233,18 @@ def load_set_zoo(store: ZooStore) -> tuple[list[SetArchData], PromptTable, list[
     return data, embed_prompts(list(texts)), skipped
 
 
+def sample_set_batch(data, n: int, step: int, seed: int, rank: int):
+    """n models of one arch of `load_set_zoo` data (arch drawn in proportion to its share of the zoo),
+    one prompt each; seeded by (seed, rank, step), so a resumed run draws the same batches."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + rank * 7919 + step)
+    sizes = torch.tensor([len(d.nodes) for d in data], dtype=torch.float)
+    d = data[int(torch.multinomial(sizes, 1, generator=g))]
+    rows = torch.randint(len(d.nodes), (n,), generator=g)
+    choices = d.prompts[rows]
+    pick = (torch.rand(n, generator=g) * (choices >= 0).sum(1)).long()
+    return d, rows, choices[torch.arange(n), pick], g
+
+
 def end_step(accelerator, cfg, step: int, sched, ema, params, progress, job, label: str, loss) -> None:
     """What ends every generator training step: the LR schedule, the EMA of `params` (an iterable of
     the unwrapped model's parameters), the progress bar, and an accelerate checkpoint every
