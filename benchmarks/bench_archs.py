@@ -1,11 +1,12 @@
 """Issue 15's benchmark: one neuron-set generator on a zoo of many widths, including widths and
 tasks it never saw.
 
-    python benchmarks/bench_archs.py --zoo runs/zoo/digits-widths --diffusion DIR [--samples 32]
+    python benchmarks/bench_archs.py --zoo runs/zoo/digits-widths --generator DIR [--samples 32]
         [--pairs 24] [--draw 0] [--finetune 4] [--out runs/bench/archs_rows.json]
 
 Cases, each up to `--pairs` (task, arch) pairs drawn with seed `--draw` (0 = the benchmark's own
-draw; later draws are for choosing settings without looking at it):
+draw; later draws are for choosing settings without looking at it). DIR is either neuron-set
+generator: SetDiffusionPipeline or SetARPipeline (`--diffusion` is the older name of `--generator`).
 - seen: a seen arch on a seen task (ratio to the zoo's median; share of samples as new as a fresh
   training run on the probe, weightgen.novelty);
 - unseen_arch_seen_task, unseen_arch_held_task: an arch the zoo config holds out entirely;
@@ -31,7 +32,7 @@ import time
 from pathlib import Path
 
 from weightgen.evaluate import EvalConfig, evaluate_samples, score_flat
-from weightgen.generators.set_diffusion import SetDiffusionPipeline
+from weightgen.home import load_generator
 from weightgen.specs import ArchSpec
 from weightgen.tasks import get_task
 from weightgen.zoo.store import ZooStore
@@ -67,18 +68,22 @@ def _m(values):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--zoo", default="runs/zoo/digits-widths")
-    ap.add_argument("--diffusion", required=True, help="a trained SetDiffusionPipeline folder")
+    ap.add_argument("--generator", "--diffusion", dest="generator", required=True,
+                    help="a trained SetDiffusionPipeline or SetARPipeline folder")
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--pairs", type=int, default=24)
     ap.add_argument("--draw", type=int, default=0)
     ap.add_argument("--finetune", type=int, default=4)
-    ap.add_argument("--steps", type=int, help="sampling steps (default: the pipeline's)")
+    ap.add_argument("--steps", type=int, help="diffusion sampling steps (default: the pipeline's)")
     ap.add_argument("--out", default="runs/bench/archs_rows.json")
     args = ap.parse_args()
     start = time.perf_counter()
     store = ZooStore(args.zoo)
-    pipe = SetDiffusionPipeline.from_pretrained(args.diffusion)
-    pipe.set_progress_bar_config(disable=True)
+    pipe, kind, _ = load_generator(args.generator, None)
+    if type(pipe).__name__ not in ("SetDiffusionPipeline", "SetARPipeline"):
+        raise SystemExit(f"{args.generator} is not a neuron-set generator; only those sample unseen widths")
+    if args.steps is not None and kind != "diffusion":
+        raise SystemExit("--steps sets diffusion sampling steps; the AR generator takes one step per neuron")
     sampling = {} if args.steps is None else {"num_inference_steps": args.steps}
     cfg = EvalConfig()
     rows, finite, total = [], 0, 0
@@ -136,7 +141,7 @@ def main() -> None:
                 s[name] = {"mean_ratio": _m([x["ratio"] for x in b]), "min_ratio": min(x["ratio"] for x in b),
                            "as_new": _m([x["as_new"] for x in b])}
         summary[case] = s
-    result = {"zoo": args.zoo, "generator": args.diffusion, "samples": args.samples, "draw": args.draw,
+    result = {"zoo": args.zoo, "generator": args.generator, "kind": kind, "samples": args.samples, "draw": args.draw,
               "sampling": sampling, "cases": summary, "finite_share": finite / max(total, 1),
               "samples_per_s": per_s, "minutes": (time.perf_counter() - start) / 60}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

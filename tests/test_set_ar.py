@@ -24,9 +24,12 @@ def _nets(arch: ArchSpec, n: int, seed: int = 0) -> torch.Tensor:
     return arch.layout().flatten(arch.init_params(n, g)) * 3
 
 
-def _heads(archs=(ARCH, ArchSpec("mlp", (64, 10, 4)))) -> NeuronAR:
-    """Tokens (stats, codebook, bins) fitted on random networks of `archs`."""
-    heads = NeuronAR(hidden_size=32, n_bins=16, codebook_size=8, task_code_dim=TASK_CODE_DIM)
+def _heads(archs=(ARCH, ArchSpec("mlp", (64, 10, 4))), probe: int = 0) -> NeuronAR:
+    """Tokens (stats, codebook, bins) fitted on random networks of `archs`; `probe` probe inputs."""
+    heads = NeuronAR(hidden_size=32, n_bins=16, codebook_size=8, task_code_dim=TASK_CODE_DIM, probe_size=probe)
+    if probe:
+        g = torch.Generator().manual_seed(2)
+        heads.set_probe(torch.rand(probe, 64, generator=g) * 16, torch.arange(probe) % 10)
     sets = [(neuron_layout(a), *neuron_layout(a).split(_nets(a, 40, seed=i))) for i, a in enumerate(archs)]
     heads.stats.fit(sets)
     heads.fit_tokens([(lay, *heads.stats.standardize(lay, n, e)) for lay, n, e in sets])
@@ -77,11 +80,12 @@ def _pipeline(heads: NeuronAR) -> SetARPipeline:
     return SetARPipeline(lm=lm.eval(), heads=heads.eval())
 
 
-@pytest.mark.parametrize("arch", [ARCH, ArchSpec("mlp", (64, 9, 3))], ids=lambda a: a.slug)
-def test_cached_sampling_is_what_training_scores(arch):
+@pytest.mark.parametrize(("arch", "probe"), [(ARCH, 10), (ARCH, 0), (ArchSpec("mlp", (64, 9, 3)), 10)],
+                         ids=["deep-probe", "deep", "one-layer-probe"])
+def test_cached_sampling_is_what_training_scores(arch, probe):
     """Greedy sampling with the LM's cache, one neuron per step, must pick the argmax of the same
     model's teacher-forced logits on its own samples: the loop and the training pass agree."""
-    pipe, layout = _pipeline(_heads()), neuron_layout(arch)
+    pipe, layout = _pipeline(_heads(probe=probe)), neuron_layout(arch)
     task = get_task("digits-subset-3-5-8")
     emb = pipe._text(f"{task.description} with an {arch.describe()}")
     classes, code = output_classes(arch, task)[None], task_code(task)[None]
@@ -100,7 +104,7 @@ def test_cached_sampling_is_what_training_scores(arch):
 
 
 def test_training_steps_lower_the_loss_of_a_batch():
-    heads, layout = _heads(), neuron_layout(ARCH)
+    heads, layout = _heads(probe=10), neuron_layout(ARCH)
     tok = heads.tokenize(layout, *heads.stats.standardize(layout, *layout.split(_nets(ARCH, 8, seed=5))))
     pipe = SetARPipeline(lm=_pipeline(heads).lm.train(), heads=heads.train())
     emb = pipe._text("classify digits 3, 5 and 8 with an MLP 64-12-6-3")
@@ -122,7 +126,8 @@ def test_cli_samples_an_unseen_width_with_the_set_ar(debug_set_ar, run_cli, tmp_
     assert ArchSpec.parse("MLP 64-24-12-3") not in pipe.archs
     out = tmp_path / "samples"
     code, stdout, err = run_cli("sample", "classify digits 3, 5 and 8 with an MLP 64-24-12-3", "--generator",
-                                debug_set_ar, "-n", "2", "--seed", "1", "--out", out, "--json", timeout=300)
+                                debug_set_ar, "-n", "2", "--seed", "1", "--guidance", "2", "--out", out, "--json",
+                                timeout=300)
     assert code == 0, err
     result = json.loads(stdout.strip().splitlines()[-1])
     assert result["arch"] == "MLP 64-24-12-3, ReLU" and result["num_finite"] == 2
@@ -133,3 +138,20 @@ def test_cli_samples_an_unseen_width_with_the_set_ar(debug_set_ar, run_cli, tmp_
     code, _, err = run_cli("sample", "classify digits 3, 5 and 8 with a CNN 8-3", "--generator", debug_set_ar,
                            "--out", tmp_path / "x", timeout=300)
     assert code == 2 and "only MLPs" in err and "Traceback" not in err, err
+    code, _, err = run_cli("sample", "classify digits 3, 5 and 8", "--generator", debug_set_ar, "--steps", "3",
+                           "--out", tmp_path / "y", timeout=300)
+    assert code == 2 and "one step per token" in err and "Traceback" not in err, err
+
+
+def test_probe_activations_are_what_the_network_itself_computes():
+    heads, layout = _heads(probe=10), neuron_layout(ARCH)
+    tok = heads.tokenize(layout, *heads.stats.standardize(layout, *layout.split(_nets(ARCH, 4, seed=9))))
+    rows, bias, weight = heads.values(layout, tok)
+    content, acts = heads.first_content(rows)
+    _, acts = heads.deep_content(bias[0], weight[0], content, acts, heads.layer_roles(layout, 1))
+    sd = ARCH.layout().unflatten(layout.join(*heads.stats.destandardize(layout, *heads.to_network(layout, rows, bias,
+                                                                                                   weight))))
+    x = heads.probe_x.expand(4, -1, -1)
+    hidden = (x @ sd["layers.0.weight"].transpose(1, 2) + sd["layers.0.bias"][:, None]).clamp_min(0)
+    hidden = (hidden @ sd["layers.1.weight"].transpose(1, 2) + sd["layers.1.bias"][:, None]).clamp_min(0)
+    torch.testing.assert_close(acts.transpose(1, 2), hidden, rtol=1e-4, atol=1e-4)

@@ -32,6 +32,7 @@ from weightgen.generators.training import (
     drop_mask,
     end_step,
     load_set_zoo,
+    probe_inputs,
     resume,
     sample_set_batch,
     save_with_ema,
@@ -50,6 +51,7 @@ class SetARConfig(GeneratorTrainConfig):
     prefix_len: int = 32
     n_bins: int = 64  # quantisation bins per role
     codebook_size: int = 256  # first-layer neuron templates
+    probe_size: int = 0  # > 0: a neuron's content includes its class-mean output on this many training inputs
     cond_dropout: float = 0.1  # share of prompts dropped (classifier-free guidance)
     task_code: bool = True
     n_classes: int = 10
@@ -81,8 +83,10 @@ def main(cfg: SetARConfig) -> None:
     heads = NeuronAR(in_dim=in_dims.pop(), n_classes=cfg.n_classes, hidden_size=cfg.hidden_size,
                      text_dim=table.tokens.shape[-1], prefix_len=cfg.prefix_len,
                      task_code_dim=TASK_CODE_DIM if cfg.task_code else 0, task_kinds=kinds,
-                     archs=[d.layout.arch.to_dict() for d in data], n_bins=cfg.n_bins, codebook_size=cfg.codebook_size)
+                     archs=[d.layout.arch.to_dict() for d in data], n_bins=cfg.n_bins, codebook_size=cfg.codebook_size, probe_size=cfg.probe_size)
     heads.set_text_stats(table.tokens, table.mask)
+    if cfg.probe_size:
+        heads.set_probe(*probe_inputs([r["task"] for d in data for r in d.records], cfg.probe_size, cfg.n_classes))
     heads.stats.fit([(d.layout, d.nodes, d.edges) for d in data])
     for d in data:
         d.nodes, d.edges = heads.stats.standardize(d.layout, d.nodes, d.edges)

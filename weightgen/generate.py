@@ -9,6 +9,7 @@ only whole checkpoints.
 
 from __future__ import annotations
 
+import inspect
 import json
 import tempfile
 from dataclasses import dataclass, field
@@ -78,14 +79,17 @@ def draw(pipe, kind: str, prompt: str, arch, num_samples: int, seed: int, steps:
     kwargs = {"num_samples": num_samples, "generator": seed}
     if temperature is not None:
         kwargs["temperature"] = temperature
-    if kind == "diffusion":
-        if steps is not None:
-            kwargs["num_inference_steps"] = steps
-        if guidance is not None:
-            kwargs["guidance_scale"] = guidance
-    elif steps is not None or guidance is not None:
-        raise GeneratorError("--steps and --guidance apply to diffusion generators only; an AR generator "
-                             "takes --temperature")
+    accepts = inspect.signature(pipe.__call__).parameters
+    if steps is not None:
+        if "num_inference_steps" not in accepts:
+            raise GeneratorError("--steps applies to diffusion generators only; an AR generator takes one step per "
+                                 "token (use --temperature)")
+        kwargs["num_inference_steps"] = steps
+    if guidance is not None:
+        if "guidance_scale" not in accepts:
+            raise GeneratorError("--guidance applies to the diffusion generators and the neuron-set AR; this AR "
+                                 "generator takes --temperature")
+        kwargs["guidance_scale"] = guidance
     return pipe(prompt, arch=arch, **kwargs)
 
 

@@ -32,7 +32,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from weightgen.generators.common import TextStatsMixin
-from weightgen.space.neurons import MAX_DEPTH, NeuronLayout, RoleStats
+from weightgen.space.neurons import MAX_DEPTH, ROLES, NeuronLayout, RoleStats
 
 # quantisation streams: one set of bins each
 STREAMS = ("w_in_residual", "b_first_residual", "w_hidden", "w_out", "b_hidden", "b_out")
@@ -76,6 +76,7 @@ class NeuronAR(ModelMixin, ConfigMixin, TextStatsMixin):
         archs: list[dict] | None = None,  # the zoo's archs seen in training (for "seen / new" only)
         n_bins: int = 64,
         codebook_size: int = 256,
+        probe_size: int = 0,  # > 0: a neuron's content includes its class-mean output on that many fixed inputs
     ):
         super().__init__()
         dim, feat = hidden_size, in_dim + 1
@@ -93,6 +94,10 @@ class NeuronAR(ModelMixin, ConfigMixin, TextStatsMixin):
         self.bias_head = nn.Linear(dim, n_bins)
         self.pair_q, self.pair_k, self.pair_e = nn.Linear(dim, dim), nn.Linear(dim, dim, bias=False), nn.Linear(dim, dim, bias=False)
         self.pair_out = nn.Sequential(nn.GELU(), nn.Linear(dim, n_bins))
+        if probe_size:  # set by `set_probe` before training; saved with the model
+            self.register_buffer("probe_x", torch.zeros(probe_size, in_dim))
+            self.register_buffer("probe_y", torch.zeros(probe_size, dtype=torch.long))
+            self.probe_proj = nn.Linear(n_classes, dim)
         self.register_buffer("codebook", torch.zeros(codebook_size, feat))
         self.register_buffer("bin_edges", torch.zeros(len(STREAMS), n_bins - 1))
         self.register_buffer("bin_centres", torch.zeros(len(STREAMS), n_bins))
@@ -144,7 +149,7 @@ class NeuronAR(ModelMixin, ConfigMixin, TextStatsMixin):
         j = STREAMS.index(stream) if isinstance(stream, str) else stream
         return self.bin_centres[j, bins] if isinstance(j, int) else self.bin_centres[j.expand_as(bins), bins]
 
-    def row_streams(self) -> torch.Tensor:
+    def rowlayer_roles(self) -> torch.Tensor:
         """(F,) stream of every coordinate of a first-layer row: input weights, then the bias."""
         s = torch.full((self.config.in_dim + 1,), STREAMS.index("w_in_residual"), device=self.bin_edges.device)
         s[-1] = STREAMS.index("b_first_residual")
@@ -171,8 +176,8 @@ class NeuronAR(ModelMixin, ConfigMixin, TextStatsMixin):
             out.append(e)
         return nodes, out
 
-    def _streams(self, layout: NeuronLayout, i: int) -> tuple[str, str]:
-        """(bias stream, weight stream) of layer i >= 1."""
+    def layer_roles(self, layout: NeuronLayout, i: int) -> tuple[str, str]:
+        """(bias role, weight role) of layer i >= 1: also the names of their quantisation streams."""
         return ("b_out", "w_out") if i == len(layout.slices) - 1 else ("b_hidden", "w_hidden")
 
     @torch.no_grad()
@@ -181,17 +186,17 @@ class NeuronAR(ModelMixin, ConfigMixin, TextStatsMixin):
         nodes, edges = self.canonical(layout, nodes, edges)
         rows = nodes[:, layout.slices[0]]
         code = self.nearest_code(rows)
-        residual = self.quantise(rows - self.codebook[code], self.row_streams())
-        bias = [self.quantise(nodes[:, s, -1], self._streams(layout, i)[0]) for i, s in enumerate(layout.slices) if i]
-        weight = [self.quantise(e, self._streams(layout, i + 1)[1]) for i, e in enumerate(edges)]
+        residual = self.quantise(rows - self.codebook[code], self.rowlayer_roles())
+        bias = [self.quantise(nodes[:, s, -1], self.layer_roles(layout, i)[0]) for i, s in enumerate(layout.slices) if i]
+        weight = [self.quantise(e, self.layer_roles(layout, i + 1)[1]) for i, e in enumerate(edges)]
         return NeuronTokens(code, residual, bias, weight)
 
     def values(self, layout: NeuronLayout, tok: NeuronTokens) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """Tokens -> (first-layer rows (B, n_0, F), later biases [(B, n_l)], weights [(B, n_l, n_{l-1})]),
         standardised: exactly what sampling feeds back."""
-        rows = self.codebook[tok.code] + self.dequantise(tok.residual, self.row_streams())
-        bias = [self.dequantise(b, self._streams(layout, i + 1)[0]) for i, b in enumerate(tok.bias)]
-        weight = [self.dequantise(w, self._streams(layout, i + 1)[1]) for i, w in enumerate(tok.weight)]
+        rows = self.codebook[tok.code] + self.dequantise(tok.residual, self.rowlayer_roles())
+        bias = [self.dequantise(b, self.layer_roles(layout, i + 1)[0]) for i, b in enumerate(tok.bias)]
+        weight = [self.dequantise(w, self.layer_roles(layout, i + 1)[1]) for i, w in enumerate(tok.weight)]
         return rows, bias, weight
 
     def to_network(self, layout: NeuronLayout, rows, bias, weight) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -226,19 +231,54 @@ class NeuronAR(ModelMixin, ConfigMixin, TextStatsMixin):
         cls[:, layout.slices[-1]] = classes.to(device).clamp(0, self.config.n_classes - 1)
         return base[None] + self.class_embed(cls)
 
-    def first_content(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.row_in(rows.to(self.dtype))
+    @torch.no_grad()
+    def set_probe(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """The fixed probe inputs (P, in_dim) and their classes (P,), P = config.probe_size."""
+        self.probe_x.copy_(x)
+        self.probe_y.copy_(y)
 
-    def deep_content(self, bias: torch.Tensor, weights: torch.Tensor, below: torch.Tensor) -> torch.Tensor:
-        """bias (B, n), weights (B, n, m) from the m neurons below with content below (B, m, dim)."""
+    def _raw(self, values: torch.Tensor, role: str, fan: int = 1) -> torch.Tensor:
+        """Standardised values of one role -> the network's own weights (RoleStats.destandardize)."""
+        r = ROLES.index(role)
+        return (values * self.stats.std[r] + self.stats.mean[r]) / math.sqrt(fan)
+
+    def _with_probe(self, content: torch.Tensor, pre: torch.Tensor | None):
+        """Adds what a layer's neurons compute on the probe inputs (pre-activations (B, n, P)): their
+        class means, which say which class each neuron answers to (exact: the values are clean).
+        Returns (content, post-ReLU activations for the layer above)."""
+        if pre is None:
+            return content, None
+        onehot = nn.functional.one_hot(self.probe_y, self.config.n_classes).to(pre.dtype)
+        means = torch.asinh(pre @ (onehot / onehot.sum(0).clamp_min(1)))
+        return content + self.probe_proj(means.to(content.dtype)), pre.clamp_min(0)
+
+    def first_content(self, rows: torch.Tensor):
+        """First-layer rows (B, n, F) -> (content (B, n, dim), probe activations or None)."""
+        pre = None
+        if self.config.probe_size:
+            w, b = self._raw(rows[..., :-1], "w_in", rows.shape[-1] - 1), self._raw(rows[..., -1], "b_first")
+            pre = w.float() @ self.probe_x.float().T + b.float()[..., None]
+        return self._with_probe(self.row_in(rows.to(self.dtype)), pre)
+
+    def deep_content(self, bias: torch.Tensor, weights: torch.Tensor, below: torch.Tensor,
+                     below_acts: torch.Tensor | None, roles: tuple[str, str]):
+        """bias (B, n), weights (B, n, m) from the m neurons below with content below (B, m, dim) and
+        probe activations below_acts (B, m, P); roles: (bias role, weight role)."""
         msg = weights.to(self.dtype) @ self.edge_value(below) / math.sqrt(below.shape[1])
-        return self.bias_in(bias.to(self.dtype)[..., None]) + msg
+        pre = None
+        if below_acts is not None:
+            w, b = self._raw(weights, roles[1], weights.shape[-1]), self._raw(bias, roles[0])
+            pre = w.float() @ below_acts.float() + b.float()[..., None]
+        return self._with_probe(self.bias_in(bias.to(self.dtype)[..., None]) + msg, pre)
 
-    def contents(self, rows: torch.Tensor, bias: list[torch.Tensor], weight: list[torch.Tensor]) -> list[torch.Tensor]:
+    def contents(self, layout: NeuronLayout, rows: torch.Tensor, bias: list[torch.Tensor],
+                 weight: list[torch.Tensor]) -> list[torch.Tensor]:
         """Every layer's content (B, n_l, dim), from the first layer up."""
-        out = [self.first_content(rows)]
-        for b, w in zip(bias, weight):
-            out.append(self.deep_content(b, w, out[-1]))
+        content, acts = self.first_content(rows)
+        out = [content]
+        for i, (b, w) in enumerate(zip(bias, weight), start=1):
+            content, acts = self.deep_content(b, w, out[-1], acts, self.layer_roles(layout, i))
+            out.append(content)
         return out
 
     def keys(self, states_after: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
@@ -270,7 +310,7 @@ def teacher_forced_logits(lm, heads: NeuronAR, layout: NeuronLayout, tok: Neuron
     """Every token's logits given all tokens before it, in one LM pass: (code (B, n_0, K), residual
     (B, n_0, F, n_bins), bias [(B, n_l, n_bins)], weight [(B, n_l, n_{l-1}, n_bins)])."""
     prefix, prefix_mask, cond = heads.prefix(text, text_mask, task_code)
-    contents = heads.contents(*heads.values(layout, tok))
+    contents = heads.contents(layout, *heads.values(layout, tok))
     content = torch.cat(contents, 1)
     shifted = torch.cat([heads.bos.expand(len(content), 1, -1), content[:, :-1]], 1)
     slots = heads.embed_meta(layout, classes) + cond[:, None] + shifted

@@ -113,7 +113,7 @@ class SetARPipeline(WeightPipeline):
         run_lm(self.lm, prefix, prefix_mask, cache)
         seen = prefix_mask.long()
         prev = heads.bos.expand(rows, -1)
-        states, contents = [], []
+        states, contents, acts = [], [], None
         codes_out, residual_out, bias_out, weight_out = [], [], [], []
         last_code = torch.zeros(n, dtype=torch.long, device=device)
         for i, s in enumerate(layout.slices):
@@ -130,24 +130,26 @@ class SetARPipeline(WeightPipeline):
                     bins = self._draw(heads.residual_logits(h[:, None], twice(c)[:, None])[:, 0], temperature, guidance, n, g)
                     codes_out.append(c)
                     residual_out.append(bins)
-                    row = heads.codebook[c] + heads.dequantise(bins, heads.row_streams())
+                    row = heads.codebook[c] + heads.dequantise(bins, heads.rowlayer_roles())
                     layer.append(row)
-                    prev = heads.first_content(twice(row)[:, None])[:, 0]
+                    prev = heads.first_content(twice(row)[:, None])[0][:, 0]
                 else:
                     if j == s.start:  # the layer below is complete: its keys, from the states after each neuron
                         below = layout.slices[i - 1]
                         keys = heads.keys(torch.stack(states[below.start + 1 : below.stop + 1], 1), contents[-1])
-                    bs, ws = heads._streams(layout, i)
+                    bs, ws = heads.layer_roles(layout, i)
                     wb = self._draw(heads.pair_logits(h[:, None], keys)[:, 0], temperature, guidance, n, g)
                     bb = self._draw(heads.bias_head(h), temperature, guidance, n, g)
                     b, w = heads.dequantise(bb, bs), heads.dequantise(wb, ws)
                     layer.append((b, w, bb, wb))
-                    prev = heads.deep_content(twice(b)[:, None], twice(w)[:, None], contents[-1])[:, 0]
+                    prev = heads.deep_content(twice(b)[:, None], twice(w)[:, None], contents[-1], acts,
+                                              (bs, ws))[0][:, 0]
             if i == 0:
-                contents.append(heads.first_content(twice(torch.stack(layer, 1))))
+                content, acts = heads.first_content(twice(torch.stack(layer, 1)))
             else:
                 b, w, bb, wb = (torch.stack(x, 1) for x in zip(*layer))
                 bias_out.append(bb)
                 weight_out.append(wb)
-                contents.append(heads.deep_content(twice(b), twice(w), contents[-1]))
+                content, acts = heads.deep_content(twice(b), twice(w), contents[-1], acts, (bs, ws))
+            contents.append(content)
         return NeuronTokens(torch.stack(codes_out, 1), torch.stack(residual_out, 1), bias_out, weight_out)

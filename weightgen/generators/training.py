@@ -19,7 +19,7 @@ import torch
 
 from weightgen.config import to_dict
 from weightgen.encoders.training import save_checkpoint
-from weightgen.errors import GeneratorError
+from weightgen.errors import ConfigError, GeneratorError
 from weightgen.generators.common import shared_text_encoder
 from weightgen.space.dataset import zoo_weights
 from weightgen.specs import ArchSpec
@@ -243,6 +243,27 @@ def sample_set_batch(data, n: int, step: int, seed: int, rank: int):
     choices = d.prompts[rows]
     pick = (torch.rand(n, generator=g) * (choices >= 0).sum(1)).long()
     return d, rows, choices[torch.arange(n), pick], g
+
+
+def probe_inputs(task_ids: list[str], size: int, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`size` training inputs, as even over the classes as the zoo's tasks allow (round robin over
+    the classes present), and their class (a subset task's label mapped back to its digit)."""
+    per_class: dict[int, list[torch.Tensor]] = {}
+    for tid in sorted(set(task_ids)):
+        if len(per_class) == n_classes and all(sum(len(t) for t in v) >= size for v in per_class.values()):
+            break  # every class is full: reading the remaining tasks' splits changes nothing
+        task = get_task(tid)
+        x, y = task.split("train")
+        labels = torch.tensor(task.classes)[y] if getattr(task, "classes", ()) else y
+        for c in labels.unique().tolist():
+            have = per_class.setdefault(c, [])
+            if sum(len(t) for t in have) < size:
+                have.append(x[labels == c])
+    pools = {c: torch.cat(v) for c, v in sorted(per_class.items())}
+    order = [(c, r) for r in range(size) for c in pools if r < len(pools[c])][:size]
+    if len(order) < size:
+        raise ConfigError(f"the zoo's tasks hold {len(order)} training inputs, fewer than probe_size={size}")
+    return torch.stack([pools[c][r] for c, r in order]), torch.tensor([c for c, _ in order])
 
 
 def end_step(accelerator, cfg, step: int, sched, ema, params, progress, job, label: str, loss) -> None:
