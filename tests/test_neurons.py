@@ -63,10 +63,10 @@ def test_role_stats_fit_on_one_width_serve_others_exactly():
         torch.testing.assert_close(other.join(*stats.destandardize(other, sn, se)), flat, rtol=1e-5, atol=1e-6)
 
 
-def _model(edge_channels: int = 0, probe_size: int = 0) -> SetDiT:
+def _model(edge_channels: int = 0, probe_size: int = 0, self_cond: bool = False) -> SetDiT:
     torch.manual_seed(0)
     model = SetDiT(in_dim=64, n_classes=10, num_layers=2, num_attention_heads=2, attention_head_dim=8, text_dim=12,
-                   task_code_dim=5, edge_channels=edge_channels, probe_size=probe_size).eval()
+                   task_code_dim=5, edge_channels=edge_channels, probe_size=probe_size, self_cond=self_cond).eval()
     if probe_size:
         model.set_probe(torch.randn(probe_size, 64), torch.arange(probe_size) % 10)
     for p in model.parameters():  # zero-initialised mixes would hide the edge messages from the test
@@ -75,26 +75,36 @@ def _model(edge_channels: int = 0, probe_size: int = 0) -> SetDiT:
     return model
 
 
-def _forward(model, layout, nodes, edges, classes):
+def _forward(model, layout, nodes, edges, classes, prev=None):
     b = nodes.shape[0]
     g = torch.Generator().manual_seed(5)
     text, mask = torch.randn(b, 4, 12, generator=g), torch.ones(b, 4, dtype=torch.bool)
     return model(layout, nodes, edges, torch.full((b,), 300), text, mask, classes,
-                 task_code=torch.randn(b, 5, generator=g))
+                 task_code=torch.randn(b, 5, generator=g), prev=prev)
 
 
-@pytest.mark.parametrize("edge_channels,probe_size", [(0, 0), (4, 0), (4, 20)],
-                         ids=["messages", "edge-stream", "edge-stream+probe"])
+@pytest.mark.parametrize("edge_channels,probe_size,self_cond", [(0, 0, False), (4, 0, False), (4, 20, False),
+                                                                 (4, 20, True)],
+                         ids=["messages", "edge-stream", "edge-stream+probe", "edge-stream+probe+self-cond"])
 @pytest.mark.parametrize("arch", ARCHS[1:], ids=lambda a: a.slug)
-def test_set_dit_is_permutation_equivariant_and_decodes_to_the_same_function(arch, edge_channels, probe_size):
-    model, layout = _model(edge_channels, probe_size), neuron_layout(arch)
+def test_set_dit_is_permutation_equivariant_and_decodes_to_the_same_function(arch, edge_channels, probe_size,
+                                                                             self_cond):
+    model, layout = _model(edge_channels, probe_size, self_cond), neuron_layout(arch)
     nodes, edges = layout.split(torch.randn(2, arch.layout().numel))
     nodes = nodes * layout.feature_mask
     classes = torch.arange(arch.out_dim).expand(2, -1)
     perms = _random_perms(arch, 3)
+    prev = p_prev = None
+    if self_cond:  # the previous clean estimate is permuted with the rest
+        prev = layout.split(torch.randn(2, arch.layout().numel))
+        prev = (prev[0] * layout.feature_mask, prev[1])
+        p_prev = layout.permute(*prev, perms)
     with torch.no_grad():
-        out_nodes, out_edges = _forward(model, layout, nodes, edges, classes)
-        p_nodes, p_edges = _forward(model, layout, *layout.permute(nodes, edges, perms), classes)
+        out_nodes, out_edges = _forward(model, layout, nodes, edges, classes, prev)
+        p_nodes, p_edges = _forward(model, layout, *layout.permute(nodes, edges, perms), classes, p_prev)
+        if self_cond:  # and the estimate matters
+            other, _ = _forward(model, layout, nodes, edges, classes)
+            assert not torch.allclose(other, out_nodes)
     want_nodes, want_edges = layout.permute(out_nodes, out_edges, perms)
     torch.testing.assert_close(p_nodes, want_nodes, rtol=1e-4, atol=1e-5)
     for got, want in zip(p_edges, want_edges):
@@ -107,12 +117,12 @@ def test_set_dit_is_permutation_equivariant_and_decodes_to_the_same_function(arc
     edges2 = [e.clone() for e in edges]
     edges2[0][:, 0, 0] += 1.0
     with torch.no_grad():
-        moved, _ = _forward(model, layout, nodes, edges2, classes)
+        moved, _ = _forward(model, layout, nodes, edges2, classes, prev)
     assert not torch.allclose(moved, out_nodes)
     if edge_channels:  # and an edge's own state reaches its output beside the pair head's
         model.edge_feat_out[0].weight.data.zero_()
         with torch.no_grad():
-            _, without = _forward(model, layout, nodes, edges, classes)
+            _, without = _forward(model, layout, nodes, edges, classes, prev)
         assert not torch.allclose(without[0], out_edges[0])
 
 

@@ -23,7 +23,6 @@ from rich.progress import Progress
 from transformers import LlamaConfig, LlamaModel
 
 from weightgen.encoders.training import warmup_cosine
-from weightgen.errors import ConfigError
 from weightgen.generators.diffusion import with_null_prompt
 from weightgen.generators.neuron_ar import NeuronAR, NeuronTokens, teacher_forced_loss
 from weightgen.generators.set_ar import SetARPipeline
@@ -31,14 +30,13 @@ from weightgen.generators.training import (
     GeneratorTrainConfig,
     drop_mask,
     end_step,
-    load_set_zoo,
     probe_inputs,
     resume,
     sample_set_batch,
     save_with_ema,
+    set_training_data,
 )
-from weightgen.tasks import TASK_CODE_DIM, get_task
-from weightgen.zoo.store import ZooStore
+from weightgen.tasks import TASK_CODE_DIM
 
 
 @dataclass(frozen=True)
@@ -73,14 +71,8 @@ def main(cfg: SetARConfig) -> None:
     torch.manual_seed(cfg.seed)
 
     # 1. Data: every training model as neuron-set tokens in canonical order; every prompt embedded once.
-    data, table, skipped = load_set_zoo(ZooStore(cfg.zoo))
-    if skipped:
-        accelerator.print(f"skipping {', '.join(skipped)}: neuron sets express MLPs only")
-    in_dims = {d.layout.in_dim for d in data}
-    if len(in_dims) > 1:
-        raise ConfigError(f"zoo {cfg.zoo} mixes input sizes {sorted(in_dims)}; one generator serves one input size")
-    kinds = sorted({get_task(r["task"]).kind for d in data for r in d.records})
-    heads = NeuronAR(in_dim=in_dims.pop(), n_classes=cfg.n_classes, hidden_size=cfg.hidden_size,
+    data, table, in_dim, kinds = set_training_data(cfg.zoo, accelerator.print)
+    heads = NeuronAR(in_dim=in_dim, n_classes=cfg.n_classes, hidden_size=cfg.hidden_size,
                      text_dim=table.tokens.shape[-1], prefix_len=cfg.prefix_len,
                      task_code_dim=TASK_CODE_DIM if cfg.task_code else 0, task_kinds=kinds,
                      archs=[d.layout.arch.to_dict() for d in data], n_bins=cfg.n_bins, codebook_size=cfg.codebook_size, probe_size=cfg.probe_size)

@@ -36,15 +36,14 @@ from weightgen.generators.training import (
     GeneratorTrainConfig,
     drop_mask,
     end_step,
-    load_set_zoo,
     noised,
     probe_inputs,
     resume,
     sample_set_batch,
     save_with_ema,
+    set_training_data,
 )
-from weightgen.tasks import TASK_CODE_DIM, get_task
-from weightgen.zoo.store import ZooStore
+from weightgen.tasks import TASK_CODE_DIM
 
 SAMPLERS = {"ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
 
@@ -79,14 +78,8 @@ def main(cfg: SetDiffusionConfig) -> None:
     torch.manual_seed(cfg.seed)
 
     # 1. Data: every training model as a neuron set, standardised per role; every prompt embedded once.
-    data, table, skipped = load_set_zoo(ZooStore(cfg.zoo))
-    if skipped:
-        accelerator.print(f"skipping {', '.join(skipped)}: neuron sets express MLPs only")
-    in_dims = {d.layout.in_dim for d in data}
-    if len(in_dims) > 1:
-        raise ConfigError(f"zoo {cfg.zoo} mixes input sizes {sorted(in_dims)}; one generator serves one input size")
-    kinds = sorted({get_task(r["task"]).kind for d in data for r in d.records})
-    denoiser = SetDiT(in_dim=in_dims.pop(), n_classes=cfg.n_classes, num_layers=cfg.num_layers,
+    data, table, in_dim, kinds = set_training_data(cfg.zoo, accelerator.print)
+    denoiser = SetDiT(in_dim=in_dim, n_classes=cfg.n_classes, num_layers=cfg.num_layers,
                       num_attention_heads=cfg.num_attention_heads, attention_head_dim=cfg.attention_head_dim,
                       text_dim=table.tokens.shape[-1], task_code_dim=TASK_CODE_DIM if cfg.task_code else 0,
                       task_kinds=kinds, archs=[d.layout.arch.to_dict() for d in data],

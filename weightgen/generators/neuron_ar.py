@@ -11,7 +11,7 @@ a prefix of prompt token states. Nothing is keyed to an architecture:
   residual bin per coordinate. A deeper neuron is its bias bin plus one bin per incoming weight.
   Bins are per-role quantiles (`n_bins`), so every bin is used.
 - **No positions.** The LM is run with every position id 0 (rotary at angle 0: no position signal;
-  the causal mask alone orders the sequence). What a slot means comes from `embed_meta`: depth
+  the causal mask alone orders the sequence). What a slot means comes from `embed_nodes`: depth
   from the input and the output, log fan-in / fan-out, the class an output neuron scores.
 - **Slots.** The input at slot s is the meaning of neuron s plus the content of neuron s - 1
   (`content`: a deeper neuron's content sums its incoming weights times the content of the neurons
@@ -19,6 +19,10 @@ a prefix of prompt token states. Nothing is keyed to an architecture:
   neuron's code, then its residual bins given the code; a deeper neuron's bias bin and, for every
   neuron c of the layer below, the bin of weight (s, c) from h_s and c's own state (`pair_logits`).
   A weight matrix is therefore generated knowing the neurons it reads, as generated.
+- **Probe features** (`probe_size` > 0): a neuron's content also holds its class-mean output on
+  fixed training inputs, computed from the generated values themselves (exact: unlike a diffusion
+  model's noisy x_t, every value an AR step reads is final), so the weights out of a neuron are
+  chosen knowing which class it answers to.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from weightgen.generators.common import TextStatsMixin
-from weightgen.space.neurons import MAX_DEPTH, ROLES, NeuronLayout, RoleStats
+from weightgen.generators.set_dit import NeuronMeaning
+from weightgen.space.neurons import ROLES, NeuronLayout, RoleStats
 
 # quantisation streams: one set of bins each
 STREAMS = ("w_in_residual", "b_first_residual", "w_hidden", "w_out", "b_hidden", "b_out")
@@ -62,7 +67,7 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 25, seed: int = 0) -> torch.Ten
     return centres
 
 
-class NeuronAR(ModelMixin, ConfigMixin, TextStatsMixin):
+class NeuronAR(ModelMixin, ConfigMixin, TextStatsMixin, NeuronMeaning):
     @register_to_config
     def __init__(
         self,
@@ -84,9 +89,7 @@ class NeuronAR(ModelMixin, ConfigMixin, TextStatsMixin):
         self.null_text = nn.Parameter(torch.zeros(1, 1, text_dim))
         self.cond_proj = nn.Linear(text_dim, dim)  # the pooled prompt, added to every slot
         self.code_proj = nn.Linear(task_code_dim, dim) if task_code_dim else None
-        self.depth_in, self.depth_out = nn.Embedding(MAX_DEPTH, dim), nn.Embedding(MAX_DEPTH, dim)
-        self.class_embed = nn.Embedding(n_classes + 1, dim)  # last row: "not an output neuron"
-        self.fan_proj = nn.Linear(2, dim)
+        self._add_meaning(dim, n_classes, probe_size, in_dim)
         self.bos = nn.Parameter(torch.zeros(dim))  # the content before the first neuron
         self.row_in, self.bias_in, self.edge_value = nn.Linear(feat, dim), nn.Linear(1, dim), nn.Linear(dim, dim)
         self.code_head, self.code_embed = nn.Linear(dim, codebook_size), nn.Embedding(codebook_size, dim)
@@ -94,10 +97,6 @@ class NeuronAR(ModelMixin, ConfigMixin, TextStatsMixin):
         self.bias_head = nn.Linear(dim, n_bins)
         self.pair_q, self.pair_k, self.pair_e = nn.Linear(dim, dim), nn.Linear(dim, dim, bias=False), nn.Linear(dim, dim, bias=False)
         self.pair_out = nn.Sequential(nn.GELU(), nn.Linear(dim, n_bins))
-        if probe_size:  # set by `set_probe` before training; saved with the model
-            self.register_buffer("probe_x", torch.zeros(probe_size, in_dim))
-            self.register_buffer("probe_y", torch.zeros(probe_size, dtype=torch.long))
-            self.probe_proj = nn.Linear(n_classes, dim)
         self.register_buffer("codebook", torch.zeros(codebook_size, feat))
         self.register_buffer("bin_edges", torch.zeros(len(STREAMS), n_bins - 1))
         self.register_buffer("bin_centres", torch.zeros(len(STREAMS), n_bins))
@@ -222,21 +221,6 @@ class NeuronAR(ModelMixin, ConfigMixin, TextStatsMixin):
             cond = cond + self.code_proj(task_code.to(cond.dtype))
         return self.text_proj(text) * w, text_mask, cond
 
-    def embed_meta(self, layout: NeuronLayout, classes: torch.Tensor) -> torch.Tensor:
-        """What every slot means (B, N, dim); classes (B, k): the class each output neuron scores."""
-        meta, device = layout.meta, self.bos.device
-        base = (self.depth_in(meta.depth_in.to(device)) + self.depth_out(meta.depth_out.clamp_max(MAX_DEPTH - 1).to(device))
-                + self.fan_proj(meta.fan.to(device, self.dtype)))
-        cls = torch.full((len(classes), layout.num_nodes), self.config.n_classes, device=device)
-        cls[:, layout.slices[-1]] = classes.to(device).clamp(0, self.config.n_classes - 1)
-        return base[None] + self.class_embed(cls)
-
-    @torch.no_grad()
-    def set_probe(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """The fixed probe inputs (P, in_dim) and their classes (P,), P = config.probe_size."""
-        self.probe_x.copy_(x)
-        self.probe_y.copy_(y)
-
     def _raw(self, values: torch.Tensor, role: str, fan: int = 1) -> torch.Tensor:
         """Standardised values of one role -> the network's own weights (RoleStats.destandardize)."""
         r = ROLES.index(role)
@@ -313,7 +297,7 @@ def teacher_forced_logits(lm, heads: NeuronAR, layout: NeuronLayout, tok: Neuron
     contents = heads.contents(layout, *heads.values(layout, tok))
     content = torch.cat(contents, 1)
     shifted = torch.cat([heads.bos.expand(len(content), 1, -1), content[:, :-1]], 1)
-    slots = heads.embed_meta(layout, classes) + cond[:, None] + shifted
+    slots = heads.embed_nodes(layout, classes) + cond[:, None] + shifted
     h = run_lm(lm, torch.cat([prefix, slots], 1), torch.cat([prefix_mask, torch.ones_like(slots[..., 0])], 1))
     h = h[:, prefix.shape[1]:]
     first = layout.slices[0]

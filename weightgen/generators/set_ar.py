@@ -108,7 +108,7 @@ class SetARPipeline(WeightPipeline):
         rows = len(text)
         twice = (lambda t: t.repeat(rows // n, *([1] * (t.dim() - 1)))) if rows != n else (lambda t: t)
         prefix, prefix_mask, cond = heads.prefix(text, mask, codes)
-        slots = heads.embed_meta(layout, classes.expand(rows, -1)) + cond[:, None]
+        slots = heads.embed_nodes(layout, classes.expand(rows, -1)) + cond[:, None]
         cache = DynamicCache(config=self.lm.config)
         run_lm(self.lm, prefix, prefix_mask, cache)
         seen = prefix_mask.long()

@@ -106,7 +106,37 @@ class PairHead(nn.Module):
         return self.out(nn.functional.gelu(z)).squeeze(-1) + bilinear
 
 
-class SetDiT(ModelMixin, ConfigMixin, TextStatsMixin):
+class NeuronMeaning:
+    """What the neuron-set models (SetDiT, and NeuronAR in neuron_ar.py) share: embedding what each
+    neuron means, and the fixed probe inputs. `_add_meaning` registers the modules under the same
+    names in both, so saved weights keep their keys."""
+
+    def _add_meaning(self, dim: int, n_classes: int, probe_size: int, in_dim: int) -> None:
+        self.depth_in, self.depth_out = nn.Embedding(MAX_DEPTH, dim), nn.Embedding(MAX_DEPTH, dim)
+        self.class_embed = nn.Embedding(n_classes + 1, dim)  # last row: "not an output neuron"
+        self.fan_proj = nn.Linear(2, dim)
+        if probe_size:  # set by `set_probe` before training; saved with the model
+            self.register_buffer("probe_x", torch.zeros(probe_size, in_dim))
+            self.register_buffer("probe_y", torch.zeros(probe_size, dtype=torch.long))
+            self.probe_proj = nn.Linear(n_classes, dim)
+
+    def embed_nodes(self, layout: NeuronLayout, classes: torch.Tensor) -> torch.Tensor:
+        """What every node means (B, N, dim); classes (B, k) long: the class of each output neuron."""
+        meta, device = layout.meta, self.fan_proj.weight.device
+        base = (self.depth_in(meta.depth_in.to(device)) + self.depth_out(meta.depth_out.clamp_max(MAX_DEPTH - 1).to(device))
+                + self.fan_proj(meta.fan.to(device, self.dtype)))
+        cls = torch.full((len(classes), layout.num_nodes), self.config.n_classes, device=device)
+        cls[:, layout.slices[-1]] = classes.to(device).clamp(0, self.config.n_classes - 1)
+        return base[None] + self.class_embed(cls)
+
+    @torch.no_grad()
+    def set_probe(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """The fixed probe inputs (P, in_dim) and their classes (P,), P = config.probe_size."""
+        self.probe_x.copy_(x)
+        self.probe_y.copy_(y)
+
+
+class SetDiT(ModelMixin, ConfigMixin, TextStatsMixin, NeuronMeaning):
     @register_to_config
     def __init__(
         self,
@@ -128,10 +158,7 @@ class SetDiT(ModelMixin, ConfigMixin, TextStatsMixin):
         dim = num_attention_heads * attention_head_dim
         feat = in_dim + 1
         self.proj_in = nn.Linear(feat, dim)
-        self.depth_in = nn.Embedding(MAX_DEPTH, dim)
-        self.depth_out = nn.Embedding(MAX_DEPTH, dim)
-        self.class_embed = nn.Embedding(n_classes + 1, dim)  # last row: "not an output neuron"
-        self.fan_proj = nn.Linear(2, dim)
+        self._add_meaning(dim, n_classes, probe_size, in_dim)
         self.text_proj = nn.Linear(text_dim, dim)
         self.null_text = nn.Parameter(torch.zeros(1, 1, text_dim))
         self.adaln_single = AdaLayerNormSingle(dim)
@@ -149,10 +176,6 @@ class SetDiT(ModelMixin, ConfigMixin, TextStatsMixin):
             self.edge_in = nn.Linear(2 if self_cond else 1, edge_channels)
             self.streams = nn.ModuleList(EdgeStream(dim, edge_channels) for _ in range(num_layers))
             self.edge_feat_out = nn.ModuleList([nn.Linear(edge_channels, 1), nn.Linear(edge_channels, 1)])
-        if probe_size:  # set by `set_probe` before training; saved with the model
-            self.register_buffer("probe_x", torch.zeros(probe_size, in_dim))
-            self.register_buffer("probe_y", torch.zeros(probe_size, dtype=torch.long))
-            self.probe_proj = nn.Linear(n_classes, dim)
         if self_cond:  # the previous clean estimate: its node features and (with probes) what it computes
             self.prev_proj = nn.Linear(feat, dim)
             self.prev_probe_proj = nn.Linear(n_classes, dim) if probe_size else None
@@ -160,21 +183,6 @@ class SetDiT(ModelMixin, ConfigMixin, TextStatsMixin):
             self.given_embed = nn.Parameter(torch.zeros(dim))
         self.stats = RoleStats()
         self._register_text_stats(text_dim)
-
-    def embed_nodes(self, layout: NeuronLayout, classes: torch.Tensor) -> torch.Tensor:
-        """What every node means (B, N, dim); classes (B, k) long: the class of each output neuron."""
-        meta, device = layout.meta, self.fan_proj.weight.device
-        base = (self.depth_in(meta.depth_in.to(device)) + self.depth_out(meta.depth_out.clamp_max(MAX_DEPTH - 1).to(device))
-                + self.fan_proj(meta.fan.to(device, self.dtype)))
-        cls = torch.full((len(classes), layout.num_nodes), self.config.n_classes, device=device)
-        cls[:, layout.slices[-1]] = classes.to(device).clamp(0, self.config.n_classes - 1)
-        return base[None] + self.class_embed(cls)
-
-    @torch.no_grad()
-    def set_probe(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """The fixed probe inputs (P, in_dim) and their classes (P,), P = config.probe_size."""
-        self.probe_x.copy_(x)
-        self.probe_y.copy_(y)
 
     @torch.no_grad()
     def probe_features(self, layout: NeuronLayout, nodes: torch.Tensor, edges: list[torch.Tensor]) -> torch.Tensor:

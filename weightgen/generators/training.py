@@ -233,6 +233,18 @@ def load_set_zoo(store: ZooStore) -> tuple[list[SetArchData], PromptTable, list[
     return data, embed_prompts(list(texts)), skipped
 
 
+def set_training_data(zoo: str, say=print) -> tuple[list[SetArchData], PromptTable, int, list[str]]:
+    """`load_set_zoo` for a neuron-set training script: (data, prompt table, the networks' input
+    size, the task kinds trained on). Says which archs it skips; one generator serves one input size."""
+    data, table, skipped = load_set_zoo(ZooStore(zoo))
+    if skipped:
+        say(f"skipping {', '.join(skipped)}: neuron sets express MLPs only")
+    in_dims = {d.layout.in_dim for d in data}
+    if len(in_dims) > 1:
+        raise ConfigError(f"zoo {zoo} mixes input sizes {sorted(in_dims)}; one generator serves one input size")
+    return data, table, in_dims.pop(), sorted({get_task(r["task"]).kind for d in data for r in d.records})
+
+
 def sample_set_batch(data, n: int, step: int, seed: int, rank: int):
     """n models of one arch of `load_set_zoo` data (arch drawn in proportion to its share of the zoo),
     one prompt each; seeded by (seed, rank, step), so a resumed run draws the same batches."""
