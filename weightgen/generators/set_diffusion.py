@@ -192,6 +192,8 @@ class SetDiffusionPipeline(WeightPipeline):
             if self_cond:
                 x0 = clean_estimate(self.scheduler.alphas_cumprod, inp[:n], out, t,
                                     self.scheduler.config.prediction_type) * keep
+                if held is not None:  # the given layers are known exactly, as in training
+                    x0 = x0 * (1 - fixed) + held
                 prev = unpack(layout, x0.repeat(rows // n, 1))
             x = self.scheduler.step(out, t, x, generator=g).prev_sample * keep
             if held is not None:
