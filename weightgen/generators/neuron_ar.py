@@ -148,7 +148,7 @@ class NeuronAR(ModelMixin, ConfigMixin, TextStatsMixin, NeuronMeaning):
         j = STREAMS.index(stream) if isinstance(stream, str) else stream
         return self.bin_centres[j, bins] if isinstance(j, int) else self.bin_centres[j.expand_as(bins), bins]
 
-    def rowlayer_roles(self) -> torch.Tensor:
+    def row_streams(self) -> torch.Tensor:
         """(F,) stream of every coordinate of a first-layer row: input weights, then the bias."""
         s = torch.full((self.config.in_dim + 1,), STREAMS.index("w_in_residual"), device=self.bin_edges.device)
         s[-1] = STREAMS.index("b_first_residual")
@@ -185,7 +185,7 @@ class NeuronAR(ModelMixin, ConfigMixin, TextStatsMixin, NeuronMeaning):
         nodes, edges = self.canonical(layout, nodes, edges)
         rows = nodes[:, layout.slices[0]]
         code = self.nearest_code(rows)
-        residual = self.quantise(rows - self.codebook[code], self.rowlayer_roles())
+        residual = self.quantise(rows - self.codebook[code], self.row_streams())
         bias = [self.quantise(nodes[:, s, -1], self.layer_roles(layout, i)[0]) for i, s in enumerate(layout.slices) if i]
         weight = [self.quantise(e, self.layer_roles(layout, i + 1)[1]) for i, e in enumerate(edges)]
         return NeuronTokens(code, residual, bias, weight)
@@ -193,7 +193,7 @@ class NeuronAR(ModelMixin, ConfigMixin, TextStatsMixin, NeuronMeaning):
     def values(self, layout: NeuronLayout, tok: NeuronTokens) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """Tokens -> (first-layer rows (B, n_0, F), later biases [(B, n_l)], weights [(B, n_l, n_{l-1})]),
         standardised: exactly what sampling feeds back."""
-        rows = self.codebook[tok.code] + self.dequantise(tok.residual, self.rowlayer_roles())
+        rows = self.codebook[tok.code] + self.dequantise(tok.residual, self.row_streams())
         bias = [self.dequantise(b, self.layer_roles(layout, i + 1)[0]) for i, b in enumerate(tok.bias)]
         weight = [self.dequantise(w, self.layer_roles(layout, i + 1)[1]) for i, w in enumerate(tok.weight)]
         return rows, bias, weight

@@ -130,7 +130,7 @@ class SetARPipeline(WeightPipeline):
                     bins = self._draw(heads.residual_logits(h[:, None], twice(c)[:, None])[:, 0], temperature, guidance, n, g)
                     codes_out.append(c)
                     residual_out.append(bins)
-                    row = heads.codebook[c] + heads.dequantise(bins, heads.rowlayer_roles())
+                    row = heads.codebook[c] + heads.dequantise(bins, heads.row_streams())
                     layer.append(row)
                     prev = heads.first_content(twice(row)[:, None])[0][:, 0]
                 else:
