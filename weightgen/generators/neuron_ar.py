@@ -115,9 +115,9 @@ class NeuronAR(ModelMixin, ConfigMixin, TextStatsMixin, NeuronMeaning):
         values = {"w_in_residual": [residual[:, :-1].flatten()], "b_first_residual": [residual[:, -1]]}
         for layout, nodes, edges in sets:
             for i, s in enumerate(layout.slices[1:], start=1):
-                last = i == len(layout.slices) - 1
-                values.setdefault("b_out" if last else "b_hidden", []).append(nodes[:, s, -1].flatten())
-                values.setdefault("w_out" if last else "w_hidden", []).append(edges[i - 1].flatten())
+                bias_role, weight_role = self.layer_roles(layout, i)
+                values.setdefault(bias_role, []).append(nodes[:, s, -1].flatten())
+                values.setdefault(weight_role, []).append(edges[i - 1].flatten())
         q = torch.linspace(0, 1, self.config.n_bins + 1, dtype=torch.double)
         for j, name in enumerate(STREAMS):
             v = torch.cat(values.get(name) or [torch.zeros(1)]).double()
@@ -160,9 +160,11 @@ class NeuronAR(ModelMixin, ConfigMixin, TextStatsMixin, NeuronMeaning):
         -> the same network, neurons in canonical order. The function it computes is unchanged."""
         order = []
         for i, s in enumerate(layout.slices[:-1]):
-            bias = nodes[:, s, -1]
-            key = bias if i else self.nearest_code(nodes[:, s]).to(bias) * 1e4 + bias.clamp(-1e3, 1e3)
-            order.append(key.argsort(dim=1))
+            o = nodes[:, s, -1].argsort(dim=1)  # by bias ...
+            if i == 0:  # ... then, stably, by template code: exact, with no mixed key to round
+                code = self.nearest_code(nodes[:, s]).gather(1, o)
+                o = o.gather(1, code.argsort(dim=1, stable=True))
+            order.append(o)
         idx = torch.arange(layout.num_nodes).expand(len(nodes), -1).clone()
         for s, o in zip(layout.slices[:-1], order):
             idx[:, s] = s.start + o
