@@ -14,11 +14,9 @@ from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
-from diffusers.training_utils import EMAModel
 from rich.progress import Progress
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from weightgen.encoders.training import warmup_cosine
 from weightgen.encoders.vqvae import WeightVQVAE
 from weightgen.generators.autoregressive import WeightARPipeline, WeightARPrefix
 from weightgen.generators.training import (
@@ -26,7 +24,7 @@ from weightgen.generators.training import (
     end_step,
     load_encoded_zoo,
     load_encoder,
-    resume,
+    prepare_training,
     sample_batch,
     save_with_ema,
     task_kinds,
@@ -80,17 +78,11 @@ def main(cfg: ARConfig) -> None:
     for d in data:
         d.codes = prefix.to_sequence(d.codes, d.index)  # (N, 2 + T*I) LM tokens
 
-    # 2. Optimiser, schedule and EMA over both trained parts (prefix projection + LM).
+    # 2-3. Optimiser, schedule and EMA over both trained parts (prefix projection + LM), resumed from
+    # the newest checkpoint if any.
     model = ARModel(lm, prefix)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = warmup_cosine(opt, cfg.steps)
-    ema = EMAModel(model.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=3 / 4)
-    model, opt = accelerator.prepare(model, opt)
-    accelerator.register_for_checkpointing(sched, ema)
+    model, opt, sched, ema, start = prepare_training(accelerator, cfg, model)
     parts = accelerator.unwrap_model(model)
-
-    # 3. Resume from the newest complete checkpoint, if any.
-    start = resume(accelerator, cfg.out)
 
     # 4. Train: next-id prediction on [prompt prefix] [BOS] [ARCH] codes; only the codes are scored.
     rank, device = accelerator.process_index, accelerator.device

@@ -16,11 +16,9 @@ from dataclasses import dataclass
 import torch
 from accelerate import Accelerator
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
-from diffusers.training_utils import EMAModel
 from rich.progress import Progress
 
 from weightgen.encoders.autoencoder import WeightAutoencoder
-from weightgen.encoders.training import warmup_cosine
 from weightgen.errors import ConfigError
 from weightgen.generators.diffusion import WeightDiffusionPipeline, with_null_prompt
 from weightgen.generators.dit import WeightDiT
@@ -31,7 +29,7 @@ from weightgen.generators.training import (
     load_encoded_zoo,
     load_encoder,
     noised,
-    resume,
+    prepare_training,
     sample_batch,
     save_with_ema,
     task_kinds,
@@ -87,15 +85,8 @@ def main(cfg: DiffusionConfig) -> None:
     noise_sched = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
                                 prediction_type=cfg.prediction_type, clip_sample=False)
 
-    # 2. Optimiser, schedule and EMA; the LR schedule stays out of prepare() (see train_autoencoder.py).
-    opt = torch.optim.AdamW(denoiser.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = warmup_cosine(opt, cfg.steps)
-    ema = EMAModel(denoiser.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=3 / 4)
-    model, opt = accelerator.prepare(denoiser, opt)
-    accelerator.register_for_checkpointing(sched, ema)
-
-    # 3. Resume from the newest complete checkpoint, if any.
-    start = resume(accelerator, cfg.out)
+    # 2-3. Optimiser, schedule and EMA (`prepare_training`), resumed from the newest checkpoint if any.
+    model, opt, sched, ema, start = prepare_training(accelerator, cfg, denoiser)
 
     # 4. Train: noise a batch of standardised latents at random timesteps, predict the target.
     rank = accelerator.process_index

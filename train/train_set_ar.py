@@ -18,11 +18,9 @@ from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
-from diffusers.training_utils import EMAModel
 from rich.progress import Progress
 from transformers import LlamaConfig, LlamaModel
 
-from weightgen.encoders.training import warmup_cosine
 from weightgen.generators.diffusion import with_null_prompt
 from weightgen.generators.neuron_ar import NeuronAR, NeuronTokens, teacher_forced_loss
 from weightgen.generators.set_ar import SetARPipeline
@@ -30,8 +28,8 @@ from weightgen.generators.training import (
     GeneratorTrainConfig,
     drop_mask,
     end_step,
+    prepare_training,
     probe_inputs,
-    resume,
     sample_set_batch,
     save_with_ema,
     set_training_data,
@@ -90,15 +88,10 @@ def main(cfg: SetARConfig) -> None:
                                 num_key_value_heads=cfg.num_attention_heads, max_position_embeddings=1,
                                 bos_token_id=None, eos_token_id=None, pad_token_id=None))
 
-    # 2. Optimiser, schedule and EMA over both trained parts.
+    # 2. Optimiser, schedule and EMA over both trained parts, resumed from the newest checkpoint if any.
     model = SetARModel(lm, heads)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = warmup_cosine(opt, cfg.steps)
-    ema = EMAModel(model.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=3 / 4)
-    model, opt = accelerator.prepare(model, opt)
-    accelerator.register_for_checkpointing(sched, ema)
+    model, opt, sched, ema, start = prepare_training(accelerator, cfg, model)
     parts = accelerator.unwrap_model(model)
-    start = resume(accelerator, cfg.out)
 
     # 3. Train: next-neuron prediction on [prompt prefix] neurons, every token scored.
     rank, device = accelerator.process_index, accelerator.device

@@ -17,10 +17,8 @@ from dataclasses import dataclass
 import torch
 from accelerate import Accelerator
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
-from diffusers.training_utils import EMAModel
 from rich.progress import Progress
 
-from weightgen.encoders.training import warmup_cosine
 from weightgen.errors import ConfigError
 from weightgen.generators.diffusion import with_null_prompt
 from weightgen.generators.set_diffusion import (
@@ -37,8 +35,8 @@ from weightgen.generators.training import (
     drop_mask,
     end_step,
     noised,
+    prepare_training,
     probe_inputs,
-    resume,
     sample_set_batch,
     save_with_ema,
     set_training_data,
@@ -98,13 +96,8 @@ def main(cfg: SetDiffusionConfig) -> None:
     noise_sched = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
                                 prediction_type=cfg.prediction_type, clip_sample=False)
 
-    # 2. Optimiser, schedule and EMA (the LR schedule stays out of prepare(): see train_autoencoder.py).
-    opt = torch.optim.AdamW(denoiser.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = warmup_cosine(opt, cfg.steps)
-    ema = EMAModel(denoiser.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=3 / 4)
-    model, opt = accelerator.prepare(denoiser, opt)
-    accelerator.register_for_checkpointing(sched, ema)
-    start = resume(accelerator, cfg.out)
+    # 2. Optimiser, schedule and EMA (`prepare_training`), resumed from the newest checkpoint if any.
+    model, opt, sched, ema, start = prepare_training(accelerator, cfg, denoiser)
 
     # 3. Train: noise a batch of one arch's packed sets at random timesteps, predict the target.
     rank, device = accelerator.process_index, accelerator.device

@@ -145,6 +145,23 @@ def sample_batch(data: list[ArchData], table: PromptTable, n: int, step: int, se
     return d, d.codes[rows], table.tokens[prompt], table.mask[prompt], d.task_codes[rows]
 
 
+def prepare_training(accelerator, cfg: GeneratorTrainConfig, model: torch.nn.Module):
+    """What every generator script sets up before its loop: AdamW, the warm-up + cosine schedule and
+    an EMA of `model`'s weights; model and optimiser prepared by accelerate (the LR schedule stays out
+    of prepare(): see train_autoencoder.py), schedule and EMA registered for checkpointing, and the
+    newest complete checkpoint loaded. Returns (prepared model, optimiser, schedule, EMA, start step)."""
+    from diffusers.training_utils import EMAModel
+
+    from weightgen.encoders.training import warmup_cosine
+
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = warmup_cosine(opt, cfg.steps)
+    ema = EMAModel(model.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=3 / 4)
+    prepared, opt = accelerator.prepare(model, opt)
+    accelerator.register_for_checkpointing(sched, ema)
+    return prepared, opt, sched, ema, resume(accelerator, cfg.out)
+
+
 def resume(accelerator, out: str | Path) -> int:
     """Load the newest complete `OUT/checkpoints/step_N` into the accelerator, if any: the step to start at."""
     from weightgen.encoders.training import latest_checkpoint
