@@ -24,6 +24,8 @@ TASK_IDS = [
     "digits-invert",
     "digits-blur-1",
     "digits-blur-0.5",
+    "digits-rotate-30+noise-0.2",
+    "digits-rotate--15+blur-0.5+invert+noise-0.1",
     "digits-image-17",
     "iris",
     "wine",
@@ -156,6 +158,9 @@ def test_every_task_has_three_descriptions(tid):
         ("digits rotated 30°", "digits-rotate-30"),
         ("noisy digits", "digits-noise-0.2"),
         ("inverted digits", "digits-invert"),
+        ("digits rotated by 25 degrees with noise 0.1", "digits-rotate-25+noise-0.1"),
+        ("blurred digits with noise 0.3", "digits-blur-1+noise-0.3"),  # blur at its default, not 0.3
+        ("noisy, colour-inverted digits", "digits-invert+noise-0.2"),
         ("fit digit image 17 with an INR", "digits-image-17"),
         ("classify iris flowers", "iris"),
         ("tell the three wine cultivars apart", "wine"),
@@ -190,6 +195,7 @@ def test_own_descriptions_parse_back(prompt, tid):
         ("   ", ["empty"]),
         ("classify digits 3 and 12", ["12"]),
         ("digits 3 and 5 rotated by 30 degrees", ["shift"]),
+        ("digits 3 and 5 rotated by 30 degrees and blurred", ["rotate, blur"]),
     ],
 )
 def test_from_prompt_errors_name_the_problem(prompt, words):
@@ -200,7 +206,8 @@ def test_from_prompt_errors_name_the_problem(prompt, words):
 
 
 def test_bad_task_ids():
-    for bad in ["cats", "digits-subset-3", "digits-subset-3-3", "digits-image-5000", "digits-rotate"]:
+    for bad in ["cats", "digits-subset-3", "digits-subset-3-3", "digits-image-5000", "digits-rotate",
+                "digits-rotate-30+rotate-40", "digits-rotate-30+", "digits-invert+subset-3-5"]:
         with pytest.raises(TaskError):
             get_task(bad)
     with pytest.raises(TaskError):
@@ -227,3 +234,27 @@ def test_task_code_layout():
     # every subset task has its own code
     codes = {tuple(task_code(t).tolist()) for k in (2, 3) for t in all_subset_tasks(k)}
     assert len(codes) == 45 + 120
+
+
+def test_combined_shifts_apply_in_order_and_name_themselves_one_way():
+    both = get_task("digits-noise-0.2+rotate-30")
+    assert both.id == "digits-rotate-30+noise-0.2" and get_task(both.id) == both
+    assert both.shifts == (("rotate", 30.0), ("noise", 0.2))
+    from weightgen.tasks import _digits, _shifted
+
+    x = _digits()[0]  # noise is drawn over the whole set, before the split
+    rotated = _shifted(get_task("digits-rotate-30"), x)
+    assert (_shifted(both, x) == _shifted(get_task("digits-noise-0.2"), rotated)).all()
+    assert not (_shifted(both, x) == _shifted(get_task("digits-noise-0.2"), x)).all()
+    assert (both.split("test")[1] == get_task(ALL_TEN).split("test")[1]).all()
+
+
+def test_task_code_of_combined_shifts_and_older_generators():
+    from weightgen.tasks import task_code
+
+    code = task_code(get_task("digits-rotate-45+blur-2+invert"))
+    assert code[100:104].tolist() == [1, 0, 1, 1] and code[108:112].tolist() == [0.5, 0, 1, 2]
+    assert code[104] == 0.5  # the first shift's level, where generators saved before combinations read it
+    # a generator saved with the 108-entry code reads the first 108 entries, which did not change
+    single = task_code(get_task("digits-noise-0.3"), 108)
+    assert single.shape == (108,) and single[101] == 1 and single[104] == pytest.approx(0.3)

@@ -82,7 +82,7 @@ def _print_info(store) -> None:
     console.print(table)
     kinds: dict[str, int] = {}
     for task in store.tasks():
-        kind = f"digits-{task.shift}" if task.kind == "digits-shift" else task.kind if task.kind != "tabular" else task.id
+        kind = "digits-" + "+".join(s for s, _ in task.shifts) if task.kind == "digits-shift" else task.kind if task.kind != "tabular" else task.id
         kinds[kind] = kinds.get(kind, 0) + 1
     console.print("tasks: " + ", ".join(f"{k} ×{v}" for k, v in kinds.items()))
     if m["held_out"]:

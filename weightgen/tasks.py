@@ -3,14 +3,17 @@
 Every task comes from a dataset that ships with scikit-learn (nothing is downloaded):
 - `digits-subset-3-5-8`: the 8x8 digits restricted to k >= 2 classes; output size k, labels in the
   sorted order of the classes (1,013 such tasks).
-- `digits-rotate-30`, `digits-noise-0.3`, `digits-invert`, `digits-blur-1`: all ten digits, shifted.
+- `digits-rotate-30`, `digits-noise-0.3`, `digits-invert`, `digits-blur-1`: all ten digits, shifted;
+  shifts combine with `+`, as in `digits-rotate-30+noise-0.2`, applied in the order rotate, blur,
+  invert, noise (geometry, then optics, then the sensor), which is also the order of their ids.
 - `iris`, `wine`, `breast-cancer`: the bundled tabular sets, features standardised on train.
 - `digits-image-17`: fit the 17th training image as a coordinate network (x, y) -> intensity, for
   `inr` archs (only training images, so no test image of a classification task is ever fitted).
 
 Splits are deterministic and stratified: the digits are split once, 60/20/20 by class with a fixed
 seed, and every digits task takes its rows from that one split, so a test image of one task is never
-a training image of another. `TaskSpec.from_prompt` reads tasks out of plain English.
+a training image of another. `TaskSpec.from_prompt` reads tasks out of plain English
+(`weightgen.task_text` holds the text: paraphrases and the prompt parser).
 """
 
 from __future__ import annotations
@@ -18,21 +21,19 @@ from __future__ import annotations
 import functools
 import itertools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from weightgen.errors import TaskError
-from weightgen.specs import ArchSpec, find_arch
+from weightgen.specs import ArchSpec
 
 SPLITS = ("train", "val", "test")
 SPLIT_SEED = 0
 SHIFTS = {"rotate", "noise", "invert", "blur"}
+SHIFT_APPLY_ORDER = ("rotate", "blur", "invert", "noise")  # how combined shifts are applied and named
 TABULAR = {"iris": "load_iris", "wine": "load_wine", "breast-cancer": "load_breast_cancer"}
-WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-PLURALS = ["zeros", "ones", "twos", "threes", "fours", "fives", "sixes", "sevens", "eights", "nines"]
-DEFAULT_LEVEL = {"noise": 0.2, "blur": 1.0}  # used when a prompt names the shift but no strength
 
 
 @dataclass(frozen=True)
@@ -45,16 +46,22 @@ class TaskSpec:
     level: float = 0.0
     dataset: str = ""
     image: int = -1
+    more: tuple[tuple[str, float], ...] = ()  # further shifts of a combined shift task, in SHIFT_APPLY_ORDER
 
     @property
     def id(self) -> str:
         if self.kind == "digits-subset":
             return "digits-subset-" + "-".join(map(str, self.classes))
         if self.kind == "digits-shift":
-            return f"digits-{self.shift}" + ("" if self.shift == "invert" else f"-{_num(self.level)}")
+            return "digits-" + "+".join(s if s == "invert" else f"{s}-{number_text(v)}" for s, v in self.shifts)
         if self.kind == "digits-image":
             return f"digits-image-{self.image}"
         return self.dataset
+
+    @property
+    def shifts(self) -> tuple[tuple[str, float], ...]:
+        """(shift, level) pairs of a shift task, in the order they are applied; () for other tasks."""
+        return ((self.shift, self.level), *self.more) if self.kind == "digits-shift" else ()
 
     @property
     def loss(self) -> str:
@@ -76,7 +83,9 @@ class TaskSpec:
     @property
     def descriptions(self) -> list[str]:
         """At least three paraphrases; generators draw one at random per training example."""
-        return _describe(self)
+        from weightgen.task_text import describe
+
+        return describe(self)
 
     @property
     def description(self) -> str:
@@ -101,28 +110,43 @@ class TaskSpec:
         return parse_prompt(text)
 
 
+def parse_prompt(text: str) -> TaskSpec:
+    """Read a task out of plain English; raises TaskError naming what it could not understand."""
+    from weightgen.task_text import parse
+
+    return parse(text)
+
+
 # A task's structure as a fixed-length vector, for generators to condition on beside the prompt
 # text: [0, 100) output j is digit c (one-hot at 10 j + c; subset and shift tasks), [100, 104) the
-# shift, 104 its level (degrees / 90 for rotations), [105, 108) the tabular set. Image-fitting tasks
-# have no structure beyond their text and get zeros. The layout is part of saved generators: append
-# new sections, never reorder.
-TASK_CODE_DIM = 108
+# shift, 104 its level (degrees / 90 for rotations), [105, 108) the tabular set, [108, 112) the level
+# of each shift present (a combined shift has several; invert reads 1). Image-fitting tasks have no
+# structure beyond their text and get zeros. The layout is part of saved generators: append new
+# sections, never reorder; a generator saved with a shorter code reads its first entries (`dim`).
+TASK_CODE_DIM = 112
 _SHIFT_ORDER = ("rotate", "noise", "invert", "blur")
 _TABULAR_ORDER = ("iris", "wine", "breast-cancer")
 
 
-def task_code(task: TaskSpec) -> torch.Tensor:
-    """(TASK_CODE_DIM,) float vector of the task's structure (see above)."""
+def _level_code(shift: str, level: float) -> float:
+    return level / 90.0 if shift == "rotate" else 1.0 if shift == "invert" else level
+
+
+def task_code(task: TaskSpec, dim: int = TASK_CODE_DIM) -> torch.Tensor:
+    """(dim,) float vector of the task's structure (see above): the code's first `dim` entries, so a
+    generator saved when the code was shorter gets the code it was trained with."""
     code = torch.zeros(TASK_CODE_DIM)
     if task.kind in ("digits-subset", "digits-shift"):
         for j, c in enumerate(task.classes or range(10)):
             code[10 * j + c] = 1.0
     if task.kind == "digits-shift":
-        code[100 + _SHIFT_ORDER.index(task.shift)] = 1.0
-        code[104] = task.level / 90.0 if task.shift == "rotate" else task.level
+        code[104] = task.level / 90.0 if task.shift == "rotate" else task.level  # the first shift's (kept as it was)
+        for shift, level in task.shifts:
+            code[100 + _SHIFT_ORDER.index(shift)] = 1.0
+            code[108 + _SHIFT_ORDER.index(shift)] = _level_code(shift, level)
     if task.kind == "tabular":
         code[105 + _TABULAR_ORDER.index(task.dataset)] = 1.0
-    return code
+    return code[:dim]
 
 
 def get_task(task_id: str) -> TaskSpec:
@@ -133,17 +157,17 @@ def get_task(task_id: str) -> TaskSpec:
     m = re.fullmatch(r"digits-subset((?:-\d)+)", tid)
     if m:
         return subset_task(int(c) for c in m.group(1)[1:].split("-"))
-    m = re.fullmatch(r"digits-(rotate|noise|blur)-(-?\d+(?:\.\d+)?)", tid)
-    if m:
-        return shift_task(m.group(1), float(m.group(2)))
-    if tid == "digits-invert":
-        return shift_task("invert")
+    parts = tid.removeprefix("digits-").split("+")
+    if tid.startswith("digits-") and all(re.fullmatch(r"invert|(?:rotate|noise|blur)-(-?\d+(?:\.\d+)?)", p) for p in parts):
+        return combined_shift_task(("invert", 0.0) if p == "invert" else (p.split("-", 1)[0], float(p.split("-", 1)[1]))
+                                   for p in parts)
     m = re.fullmatch(r"digits-image-(\d+)", tid)
     if m and int(m.group(1)) < len(_digits()[2]["train"]):
         return TaskSpec("digits-image", image=int(m.group(1)))
     raise TaskError(
         f"unknown task id '{task_id}'; ids look like 'digits-subset-3-5-8', 'digits-rotate-30', "
-        "'digits-noise-0.3', 'digits-invert', 'digits-blur-1', 'digits-image-17', 'iris', 'wine' or 'breast-cancer'"
+        "'digits-noise-0.3', 'digits-invert', 'digits-blur-1', 'digits-rotate-30+noise-0.2', 'digits-image-17', "
+        "'iris', 'wine' or 'breast-cancer'"
     )
 
 
@@ -151,8 +175,19 @@ def shift_task(shift: str, level: float = 0.0) -> TaskSpec:
     if shift not in SHIFTS:
         raise TaskError(f"unknown shift '{shift}'; known: {', '.join(sorted(SHIFTS))}")
     if shift in ("noise", "blur") and level <= 0:
-        raise TaskError(f"a {shift} level must be positive, got {_num(level)}")
+        raise TaskError(f"a {shift} level must be positive, got {number_text(level)}")
     return TaskSpec("digits-shift", shift=shift, level=0.0 if shift == "invert" else float(level))
+
+
+def combined_shift_task(pairs) -> TaskSpec:
+    """All ten digits under several shifts at once, e.g. [("rotate", 30), ("noise", 0.2)]; one pair
+    gives the plain shift task. Each shift may appear once; they apply in SHIFT_APPLY_ORDER."""
+    tasks = [shift_task(s, float(v)) for s, v in pairs]
+    names = [t.shift for t in tasks]
+    if not tasks or len(set(names)) != len(names):
+        raise TaskError(f"a combined shift names each shift once, got {', '.join(names) or 'none'}")
+    tasks.sort(key=lambda t: SHIFT_APPLY_ORDER.index(t.shift))
+    return replace(tasks[0], more=tuple((t.shift, t.level) for t in tasks[1:]))
 
 
 def subset_task(classes) -> TaskSpec:
@@ -196,15 +231,16 @@ def _shifted(task: TaskSpec, x: np.ndarray) -> np.ndarray:
     from scipy import ndimage
 
     imgs = x.reshape(-1, 8, 8)
-    if task.shift == "rotate":
-        imgs = np.stack([ndimage.rotate(im, task.level, reshape=False, order=1) for im in imgs])
-    elif task.shift == "blur":
-        imgs = np.stack([ndimage.gaussian_filter(im, task.level) for im in imgs])
-    elif task.shift == "invert":
-        imgs = 1.0 - imgs
-    elif task.shift == "noise":
-        # noise is part of the task, not of training: a fixed seed gives every model the same images
-        imgs = imgs + np.random.default_rng(SPLIT_SEED).normal(0.0, task.level, imgs.shape)
+    for shift, level in task.shifts:
+        if shift == "rotate":
+            imgs = np.stack([ndimage.rotate(im, level, reshape=False, order=1) for im in imgs])
+        elif shift == "blur":
+            imgs = np.stack([ndimage.gaussian_filter(im, level) for im in imgs])
+        elif shift == "invert":
+            imgs = 1.0 - imgs
+        elif shift == "noise":
+            # noise is part of the task, not of training: a fixed seed gives every model the same images
+            imgs = imgs + np.random.default_rng(SPLIT_SEED).normal(0.0, level, imgs.shape)
     return imgs.reshape(len(x), 64).astype(np.float32)
 
 
@@ -240,143 +276,5 @@ def _task_data(task: TaskSpec) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     return out
 
 
-# -- text ----------------------------------------------------------------------------------------
-
-
-def _num(v: float) -> str:
+def number_text(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else str(v)
-
-
-def _and(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def _describe(task: TaskSpec) -> list[str]:
-    if task.kind == "digits-subset":
-        nums, words = [str(c) for c in task.classes], [WORDS[c] for c in task.classes]
-        if len(task.classes) == 10:
-            return ["classify all ten handwritten digits", "recognise every digit from 0 to 9 in 8x8 images",
-                    "a classifier for handwritten digits zero through nine"]
-        out = [f"classify handwritten digits {_and(nums)}", f"tell apart the digits {_and(words)}",
-               f"recognise 8x8 images of the digits {_and(nums)}"]
-        if len(task.classes) == 2:
-            out.append(f"tell {nums[0]}s apart from {nums[1]}s")
-        return out
-    if task.kind == "digits-shift":
-        lv = _num(task.level)
-        return {
-            "rotate": [f"classify handwritten digits rotated by {lv} degrees",
-                       f"recognise all ten digits in images turned {lv} degrees",
-                       f"digit classification on 8x8 images rotated {lv} degrees"],
-            "noise": [f"classify handwritten digits with added noise of strength {lv}",
-                      f"recognise all ten digits in noisy images (noise {lv})",
-                      f"digit classification under Gaussian pixel noise of {lv}"],
-            "invert": ["classify handwritten digits with inverted colours",
-                       "recognise all ten digits in colour-inverted images",
-                       "digit classification on negative images"],
-            "blur": [f"classify blurred handwritten digits (blur {lv})",
-                     f"recognise all ten digits in images blurred with sigma {lv}",
-                     f"digit classification on blurry 8x8 images, blur {lv}"],
-        }[task.shift]
-    if task.kind == "digits-image":
-        i = task.image
-        return [f"represent handwritten digit image {i} as a coordinate network",
-                f"fit digits image {i} with an implicit neural representation",
-                f"an INR that draws the 8x8 digit image number {i}"]
-    return {
-        "iris": ["classify iris flowers into their three species",
-                 "tell setosa, versicolor and virginica irises apart",
-                 "predict the iris species from sepal and petal measurements"],
-        "wine": ["classify wines into their three cultivars",
-                 "tell the three wine cultivars apart from their chemical analysis",
-                 "predict a wine's grape cultivar from 13 chemical measurements"],
-        "breast-cancer": ["diagnose breast tumours as malignant or benign",
-                          "classify breast cancer biopsies from cell-nucleus features",
-                          "tell malignant from benign breast masses"],
-    }[task.dataset]
-
-
-# Words a prompt may contain that carry no task information of their own.
-_FILLER = set(
-    "a an the and or of on in to with from by for as at is are be that which into under using "
-    "classify classifier classification recognise recognize recognition tell apart distinguish "
-    "discriminate between vs versus digit digits handwritten images image pictures 8x8 class classes "
-    "model network net task please make train generate weights degrees degree deg strength level sigma "
-    "all ten every only numbers number s".split()
-)
-
-
-def parse_prompt(text: str) -> TaskSpec:
-    """Read a task out of plain English; raises TaskError naming what it could not understand."""
-    if not text.strip():
-        raise TaskError("the prompt is empty; describe a task such as 'digits 3, 5 and 8' or 'iris'")
-    _, rest = find_arch(text)  # "... with an MLP 64-32-3": the sizes are not digit classes
-    s = " " + rest.lower().replace("°", " degrees ").replace("’", "'") + " "
-    s = re.sub(r"\b8\s*[x×]\s*8\b", " ", s)  # "8x8 images" is the image size, not two 8s
-    if re.search(r"\biris", s):
-        return get_task("iris")
-    if re.search(r"\bwines?\b|cultivar", s):
-        return get_task("wine")
-    if re.search(r"breast|tumou?r|malignan|benign", s):
-        return get_task("breast-cancer")
-    m = re.search(r"\b(?:image|picture)\s*(?:number|#|no\.?)?\s*(\d+)", s)
-    if m and re.search(r"\binr\b|implicit|coordinate|represent|fit\b|draw", s):
-        return get_task(f"digits-image-{m.group(1)}")
-
-    shift, level = None, None
-    m = re.search(r"\b(?:rotat|turn)\w*(?:\s+(?:by|of|through))?\s+(-?\d+(?:\.\d+)?)"
-                  r"|(-?\d+(?:\.\d+)?)\s*degrees?\s+(?:rotat|turn)", s)
-    if m:
-        shift, level, s = "rotate", float(m.group(1) or m.group(2)), s[: m.start()] + " " + s[m.end():]
-    elif re.search(r"\brotat", s):
-        raise TaskError(f"'{text.strip()}' asks for rotated digits but gives no angle (say e.g. 'rotated by 30 degrees')")
-    for name, pattern in (("noise", r"nois\w*"), ("blur", r"blur\w*")):
-        # the strength may follow within a few words: "blur 1", "noise of strength 0.3", "blurred ... (blur 0.5)"
-        m = re.search(rf"\b{pattern}(?:[^0-9]{{0,40}}?(\d+(?:\.\d+)?))?", s)
-        if m and shift is None:
-            shift, level = name, float(m.group(1)) if m.group(1) else DEFAULT_LEVEL[name]
-            s = s[: m.start()] + " " + s[m.end():]
-    if shift is None and re.search(r"\binvert\w*|\bnegative|\binverse", s):
-        shift, level = "invert", 0.0
-
-    classes = _classes(s)
-    if shift is not None:
-        if classes and len(classes) < 10:
-            raise TaskError(f"'{text.strip()}' mixes a shift ({shift}) with a class subset; shift tasks use all ten digits")
-        return shift_task(shift, level)
-    if len(classes) >= 2:
-        return subset_task(classes)
-    if len(classes) == 1:
-        raise TaskError(f"'{text.strip()}' names only the digit {classes[0]}; a classifier needs at least two classes")
-    if re.search(r"\bdigits?\b", s):
-        return subset_task(range(10))
-    unknown = [w for w in re.findall(r"[a-z0-9']+", s) if w not in _FILLER and w not in WORDS]
-    what = ", ".join(f"'{w}'" for w in unknown) or "nothing"
-    raise TaskError(
-        f"no known task in '{text.strip()}': could not understand {what}; try 'digits 3, 5 and 8', "
-        "'tell 4s apart from 9s', 'digits rotated by 30 degrees', 'iris', 'wine' or 'breast cancer'"
-    )
-
-
-def _classes(s: str) -> list[int]:
-    """Digit classes named in a prompt: numerals, words, plurals ('4s', 'sixes') and ranges ('0 to 4')."""
-    if re.search(r"\ball\s+(?:ten\s+|10\s+)?digits|\bevery digit|\b0\s*(?:-|to|through)\s*9\b", s):
-        return list(range(10))
-    found = []
-    digit = r"(\d|" + "|".join(WORDS) + r")"
-    ranged = rf"\b{digit}\s*(?:to|through|-)\s*{digit}\b"
-    for a, b in re.findall(ranged, s):
-        lo, hi = (int(v) if v.isdigit() else WORDS.index(v) for v in (a, b))
-        found += range(lo, hi + 1)
-    s = re.sub(ranged, " ", s)
-    for tok in re.findall(r"[a-z]+|\d+(?:\.\d+)?(?:'?s)?", s):
-        num = tok.rstrip("s").rstrip("'")
-        if num.isdigit():
-            if int(num) > 9:
-                raise TaskError(f"{num} is not a digit class; digit classes are 0-9")
-            found.append(int(num))
-        elif tok in WORDS:
-            found.append(WORDS.index(tok))
-        elif tok in PLURALS:
-            found.append(PLURALS.index(tok))
-    return sorted(set(found))

@@ -36,7 +36,7 @@ from weightgen.generators.common import (
     sample_generator,
 )
 from weightgen.specs import ArchSpec
-from weightgen.tasks import task_code
+from weightgen.tasks import TASK_CODE_DIM, task_code
 
 TRAIN_HINT = "`python train/train_autoregressive.py configs/generator/ar-digits.yaml`"
 FILES = {
@@ -161,7 +161,7 @@ class WeightARPipeline(WeightPipeline):
         emb = self._text(req.text)
         device = self.lm.device
         head = torch.tensor([[BOS, 2 + arch_index]], device=device)
-        code = None if req.task is None else task_code(req.task)[None].to(device)
+        code = None if req.task is None else task_code(req.task, self.prefix.config.task_code_dim or TASK_CODE_DIM)[None].to(device)
         ids = []
         for start in self._progress(range(0, num_samples, batch_size), progress):
             n = min(batch_size, num_samples - start)

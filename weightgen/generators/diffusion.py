@@ -99,7 +99,7 @@ class WeightDiffusionPipeline(WeightPipeline):
         emb = self._text(req.text)
         meta = layout.metadata.to(device)
         # the task's structure, where the prompt names a task (else the denoiser's zoo-mean default)
-        code = None if req.task is None else task_code(req.task)[None].to(device)
+        code = None if req.task is None else task_code(req.task, self.denoiser.config.task_code_dim or TASK_CODE_DIM)[None].to(device)
         latents = []
         for start in self._progress(range(0, num_samples, batch_size), progress):
             x = noise[start : start + batch_size] * (self.scheduler.init_noise_sigma * temperature)
@@ -114,7 +114,7 @@ class WeightDiffusionPipeline(WeightPipeline):
         text = emb.tokens.to(device, dtype).expand(n, -1, -1)
         mask = emb.mask.to(device).expand(n, -1)
         # the task code the denoiser sees: zeros for "no task", as for the null prompt in training
-        null_code = torch.zeros(n, TASK_CODE_DIM, device=device, dtype=dtype)
+        null_code = torch.zeros(n, self.denoiser.config.task_code_dim or TASK_CODE_DIM, device=device, dtype=dtype)
         code = null_code if code is None else code.to(dtype).expand(n, -1)
         if guidance != 1.0:
             null_text, null_mask = with_null_prompt(text, mask, self.denoiser.null_text, torch.ones(n, dtype=torch.bool))

@@ -30,7 +30,7 @@ from weightgen.generators.neuron_ar import NeuronAR, NeuronTokens, run_lm
 from weightgen.generators.set_diffusion import arch_notes, check_set_arch
 from weightgen.space.neurons import neuron_layout, output_classes
 from weightgen.specs import ArchSpec
-from weightgen.tasks import task_code
+from weightgen.tasks import TASK_CODE_DIM, task_code
 
 TRAIN_HINT = "`python train/train_set_ar.py configs/generator/set-ar-digits.yaml`"
 FILES = {"lm": ["config.json", "model.safetensors"], "heads": ["config.json", "diffusion_pytorch_model.safetensors"]}
@@ -68,7 +68,7 @@ class SetARPipeline(WeightPipeline):
         heads, device = self.heads, self.heads.device
         emb = self._text(req.text)
         classes = output_classes(req.arch, req.task)[None].to(device)
-        code = None if req.task is None else task_code(req.task)[None].to(device, heads.dtype)
+        code = None if req.task is None else task_code(req.task, heads.config.task_code_dim or TASK_CODE_DIM)[None].to(device, heads.dtype)
         out = []
         for start in self._progress(range(0, num_samples, batch_size), progress):
             n = min(batch_size, num_samples - start)

@@ -140,7 +140,7 @@ class SetDiffusionPipeline(WeightPipeline):
         noise = torch.randn(num_samples, len(keep), generator=g).to(device, dtype) * keep
         emb = self._text(req.text)
         classes = output_classes(req.arch, req.task)[None].to(device)
-        code = None if req.task is None else task_code(req.task)[None].to(device, dtype)
+        code = None if req.task is None else task_code(req.task, self.denoiser.config.task_code_dim or TASK_CODE_DIM)[None].to(device, dtype)
         layers = [m.to(device, dtype) for m in layer_masks(layout)] if self.denoiser.config.staged else []
         out = []
         for start in self._progress(range(0, num_samples, batch_size), progress):
