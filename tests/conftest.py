@@ -35,6 +35,24 @@ def debug_zoo(tmp_path_factory):
     return build_zoo(cfg, tmp_path_factory.mktemp("zoo") / "debug", progress=False)
 
 
+@pytest.fixture(scope="session")
+def debug_lora_zoo(tmp_path_factory):
+    """The debug LoRA zoo (10 rank-2 adapters of a briefly pretrained ViT base), built once; the
+    base is cached in a temporary WEIGHTGEN_HOME, never the user's. Tests must not modify it."""
+    cfg = load_config(ZooConfig, ROOT / "configs" / "zoo" / "debug-lora.yaml")
+    home = tmp_path_factory.mktemp("lora-home")
+    old = os.environ.get("WEIGHTGEN_HOME")
+    os.environ["WEIGHTGEN_HOME"] = str(home)
+    try:
+        with one_thread():
+            return build_zoo(cfg, tmp_path_factory.mktemp("zoo") / "debug-lora", progress=False)
+    finally:
+        if old is None:
+            os.environ.pop("WEIGHTGEN_HOME")
+        else:
+            os.environ["WEIGHTGEN_HOME"] = old
+
+
 def _run_cli(*args, env: dict[str, str] | None = None, timeout: float = 120) -> tuple[int, str, str]:
     """Run `python -m weightgen.cli ARGS` from the repo root; returns (returncode, stdout, stderr).
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +32,25 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def atomic_folder(folder: str | Path) -> Iterator[Path]:
+    """Yields a temporary folder beside `folder` to fill; on success it takes `folder`'s place (an
+    existing folder is moved aside first and deleted after), on error it is removed. A reader sees
+    the old folder or the complete new one, never a half-written one."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = (folder.with_name(f".{folder.name}.{os.getpid()}.{s}") for s in ("tmp", "old.tmp"))
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
@@ -44,4 +64,7 @@ def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metada
 def remove_leftovers(folder: str | Path) -> None:
     """Delete temporary files an interrupted job left behind."""
     for p in Path(folder).glob(".*.tmp"):
-        p.unlink(missing_ok=True)
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)

@@ -66,15 +66,19 @@ def _print_info(store) -> None:
     tasks = m["tasks"]
     console.print(
         f"[bold]zoo {escape(m['name'])}[/] at {escape(str(store.root))}: {len(records)} models, "
-        f"{len(tasks)} tasks ({len(m['held_out'])} held out), {len(m['archs'])} archs, init {m['config']['init']}"
+        f"{len(tasks)} tasks ({len(m['held_out'])} held out), {len(m['archs']) or 1} archs, init {m['config']['init']}"
     )
     table = Table("arch", "models", "tasks", "test acc seen", "test acc held out", "min", "max")
     table.columns[0].no_wrap = True
-    for slug, arch in m["archs"].items():
+    texts = {slug: arch["text"] for slug, arch in m["archs"].items()}
+    if m.get("lora"):  # a LoRA zoo: every model is an adapter of the one base in ZOO/base
+        lora = m["lora"]
+        texts["lora"] = f"LoRA r{lora['rank']} ({', '.join(lora['target_modules'])}) on base {lora.get('base_sha256', '')[:12]}"
+    for slug, text in texts.items():
         rs = [r for r in records if r["arch"] == slug]
         accs = [r["test_acc"] for r in rs]
         table.add_row(
-            arch["text"], str(len(rs)), str(len({r["task"] for r in rs})),
+            text, str(len(rs)), str(len({r["task"] for r in rs})),
             _stats([r["test_acc"] for r in rs if not r["held_out"]]),
             _stats([r["test_acc"] for r in rs if r["held_out"]]),
             f"{min(accs):.3f}", f"{max(accs):.3f}",
@@ -97,15 +101,26 @@ def _print_info(store) -> None:
 def zoo_export(
     zoo: Path = typer.Argument(..., help="Zoo folder."),
     model_id: int = typer.Option(..., "--id", help="Model id (see records.jsonl)."),
-    out: Path = typer.Option(..., "--out", help="Checkpoint file (.safetensors) or folder (hub style)."),
+    out: Path = typer.Option(..., "--out", help="Checkpoint file (.safetensors) or folder (hub style); a PEFT "
+                             "adapter folder for a LoRA zoo's model."),
 ):
-    """Write one zoo model as a self-describing checkpoint."""
+    """Write one zoo model as a self-describing checkpoint (a PEFT adapter folder for a LoRA zoo)."""
     from weightgen.checkpoint import save_model
     from weightgen.zoo.store import ZooStore
 
     store = ZooStore(zoo)
     rec = store.record(model_id)
     metrics = {k: v for k, v in rec.items() if k.endswith(("_acc", "_loss"))}
+    if store.manifest.get("lora"):
+        from weightgen.zoo.lora_adapter import save_adapter
+
+        _quiet_loading()
+        path = save_adapter(out, store.state_dict(model_id), store.manifest["lora"], store.root / "base",
+                            task=rec["task"], generator="zoo", zoo=store.manifest["name"], zoo_id=model_id,
+                            seed=rec["seed"], metrics=metrics)
+        console.print(f"wrote {escape(str(path))}: a PEFT adapter of {escape(str(store.root / 'base'))} for "
+                      f"{rec['task']}, test acc {rec['test_acc']:.4f}")
+        return
     path = save_model(store.state_dict(model_id), out, arch=store.archs[rec["arch"]], task=rec["task"],
                       generator="zoo", zoo=store.manifest["name"], zoo_id=model_id, seed=rec["seed"],
                       init=rec["init"], metrics=metrics)

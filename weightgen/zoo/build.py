@@ -29,10 +29,14 @@ from weightgen.config import ArchTemplate, ZooConfig, from_dict, to_dict
 from weightgen.errors import ConfigError, WeightgenError, ZooError
 from weightgen.specs import ArchSpec
 from weightgen.tasks import TaskSpec, all_subset_tasks, get_task
+from weightgen.zoo.lora_base import load_base
+from weightgen.zoo.lora_build import lora_manifest, place_base
+from weightgen.zoo.lora_trainer import factor_shapes, init_factors, train_lora_batched
 from weightgen.zoo.store import ZOO_FORMAT, ZooStore
 from weightgen.zoo.trainer import Recipe, train_batched
 
-INIT_MODES = {"independent", "shared", "base"}
+INIT_MODES = {"independent", "shared", "base", "lora"}
+LORA_ARCH = "lora"  # the records' arch of a LoRA zoo: every model is an adapter of the zoo's one base
 
 
 def arch_for_task(template: ArchTemplate, task: TaskSpec) -> ArchSpec:
@@ -81,6 +85,9 @@ def make_manifest(cfg: ZooConfig) -> dict:
         raise ConfigError("init=base needs base_checkpoint: the checkpoint every model is fine-tuned from")
     recipe_of(cfg)  # validates the training recipe before any work starts
     tasks, held = select_tasks(cfg)
+    if cfg.init == "lora":
+        return _manifest(cfg, tasks, held, {LORA_ARCH: [(t.id, s) for t in tasks for s in range(cfg.seeds)]}, {}, [],
+                         lora=lora_manifest(cfg, tasks))
     groups: dict[ArchSpec, list[tuple[str, int]]] = {}
     templates: dict[str, int] = {}
     held_archs: dict[str, bool] = {}
@@ -91,23 +98,32 @@ def make_manifest(cfg: ZooConfig) -> dict:
                 raise ConfigError(f"{arch.describe()} comes from two arch templates, one held out and one not")
             templates[arch.slug] = ti
             groups.setdefault(arch, []).extend((task.id, s) for s in range(cfg.seeds))
+    archs = {a.slug: {**a.to_dict(), "text": a.describe(), "template": templates[a.slug], "held_out": held_archs[a.slug]}
+             for a in groups}
+    return _manifest(cfg, tasks, held, {a.slug: models for a, models in groups.items()}, archs,
+                     [slug for slug, h in held_archs.items() if h])
+
+
+def _manifest(cfg: ZooConfig, tasks: list[TaskSpec], held: list[str], groups: dict[str, list[tuple[str, int]]],
+              archs: dict, held_archs: list[str], **extra) -> dict:
+    """zoo.json: the shard plan (each arch's (task, seed) models in chunks of models_per_shard) and the tables."""
     shards, next_id = [], 0
-    for arch, models in groups.items():
+    for slug, models in groups.items():
         for start in range(0, len(models), cfg.models_per_shard):
             chunk = models[start : start + cfg.models_per_shard]
             entries = [[next_id + i, t, s] for i, (t, s) in enumerate(chunk)]
             next_id += len(chunk)
-            shards.append({"file": f"{len(shards):04d}-{arch.slug}.safetensors", "arch": arch.slug, "models": entries})
+            shards.append({"file": f"{len(shards):04d}-{slug}.safetensors", "arch": slug, "models": entries})
     return {
         "format": ZOO_FORMAT,
         "name": cfg.name,
         "config": to_dict(cfg),
-        "archs": {a.slug: {**a.to_dict(), "text": a.describe(), "template": templates[a.slug],
-                           "held_out": held_archs[a.slug]} for a in groups},
+        "archs": archs,
         "tasks": {t.id: {"description": t.description, "held_out": t.id in held} for t in tasks},
         "held_out": held,
-        "held_out_archs": [slug for slug, h in held_archs.items() if h],
+        "held_out_archs": held_archs,
         "shards": shards,
+        **extra,
     }
 
 
@@ -154,12 +170,16 @@ def build_zoo(cfg: ZooConfig, out: str | Path, progress: bool = True) -> ZooStor
     manifest = make_manifest(cfg)
     if (store.root / "zoo.json").is_file() and _saved_config(store) != manifest["config"]:
         raise ZooError(f"{store.root} holds a zoo built from another config; choose a new --out or delete it")
+    if cfg.init == "lora" and (store.root / "zoo.json").is_file():  # a resumed build keeps the base it started with
+        manifest["lora"]["base_sha256"] = (store.manifest.get("lora") or {}).get("base_sha256")
     if state.is_main_process:
         atomic.remove_leftovers(store.root)
         atomic.remove_leftovers(store.shard_dir)
         store.write_manifest(manifest)
     state.wait_for_everyone()
 
+    if cfg.init == "lora":  # the base is pretrained (or taken from the cache) and copied into the zoo first
+        manifest["lora"]["base_sha256"] = place_base(cfg, store, state)
     recipe = recipe_of(cfg)
     held, held_archs = set(manifest["held_out"]), set(manifest["held_out_archs"])
     mine = manifest["shards"][state.process_index :: state.num_processes]
@@ -172,24 +192,32 @@ def build_zoo(cfg: ZooConfig, out: str | Path, progress: bool = True) -> ZooStor
         job = bar.add_task(f"zoo {cfg.name}: training", total=total)
         finished = 0
         for shard in todo:
-            arch_meta = manifest["archs"][shard["arch"]]
-            arch = ArchSpec.from_dict(arch_meta)
             ids = [m[0] for m in shard["models"]]
             tasks = [get_task(m[1]) for m in shard["models"]]
-            init = _init(cfg, arch, arch_meta["template"], ids)
             g = torch.Generator().manual_seed(_seed(cfg, "data", shard["file"]))
             n = len(ids)
 
             def step(i, steps, base=finished, n=n):
                 bar.update(job, completed=base + n * i / max(steps, 1))
 
-            params, metrics = train_batched(arch, tasks, init, recipe, g, on_step=step)
+            if cfg.init == "lora":
+                frozen = load_base(store.root / "base", manifest["lora"]["base_sha256"])
+                init = init_factors(factor_shapes(frozen, cfg.lora),
+                                    [torch.Generator().manual_seed(_seed(cfg, "init", i)) for i in ids])
+                params, metrics = train_lora_batched(frozen, cfg.lora, tasks, init, recipe, g, on_step=step)
+                arch_meta = {"family": LORA_ARCH, "base_sha256": manifest["lora"]["base_sha256"]}
+            else:
+                arch_meta = manifest["archs"][shard["arch"]]
+                arch = ArchSpec.from_dict(arch_meta)
+                init = _init(cfg, arch, arch_meta["template"], ids)
+                params, metrics = train_batched(arch, tasks, init, recipe, g, on_step=step)
+                arch_meta = arch.to_dict()
             records = [
-                {"id": mid, "task": tid, "arch": arch.slug, "seed": seed, "init": cfg.init,
-                 "held_out": tid in held or arch.slug in held_archs, "shard": shard["file"], "row": row, **m}
+                {"id": mid, "task": tid, "arch": shard["arch"], "seed": seed, "init": cfg.init,
+                 "held_out": tid in held or shard["arch"] in held_archs, "shard": shard["file"], "row": row, **m}
                 for row, ((mid, tid, seed), m) in enumerate(zip(shard["models"], metrics))
             ]
-            store.write_shard(shard["file"], params, arch, records)
+            store.write_shard(shard["file"], params, arch_meta, records)
             done[shard["file"]] = records
             finished += n
             bar.update(job, completed=finished)

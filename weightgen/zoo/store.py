@@ -41,8 +41,9 @@ class ZooStore:
         atomic.write_text(self.root / "zoo.json", json.dumps(manifest, indent=1))
         self.__dict__.pop("manifest", None)
 
-    def write_shard(self, name: str, tensors: dict[str, torch.Tensor], arch: ArchSpec, records: list[dict]) -> None:
-        meta = {"weightgen_format": SHARD_FORMAT, "arch": json.dumps(arch.to_dict()), "records": json.dumps(records)}
+    def write_shard(self, name: str, tensors: dict[str, torch.Tensor], arch: dict, records: list[dict]) -> None:
+        """`arch`: the shard's ArchSpec.to_dict(), or for a LoRA zoo what its adapters adapt."""
+        meta = {"weightgen_format": SHARD_FORMAT, "arch": json.dumps(arch), "records": json.dumps(records)}
         atomic.write_safetensors(self.shard_dir / name, tensors, meta)
 
     def shard_records(self, name: str) -> list[dict] | None:
