@@ -21,7 +21,9 @@ arch's average code, i.e. the zoo's mean. With `max_seen_tasks > 0` each task se
 keeps its own offset from that linear mean (a shrunk random effect): the linear
 map alone lost ~1 accuracy point on seen tasks against the average of their own zoo models, and an
 unseen task, having no offset, gets the linear mean as before. Both live in a
-`weightgen.space.task_mean.TaskMean` (`self.task_mean`), the same one the VQ tokenizer uses.
+`weightgen.space.task_mean.TaskMean` (`self.task_mean`), the same one the VQ tokenizer uses. With
+`conditional_mean=False` (the LoRA generators' setting) the code only joins the adaptive norms and
+the network carries the whole map: the closed-form mean is then a baseline, not a component.
 Generators saved before that kept its buffers at the top level (`code_mean`, `mean_weight`,
 `seen_codes`, `seen_offset`); `_move_legacy_task_mean` moves them into it, so they still load.
 
@@ -81,6 +83,7 @@ class WeightDiT(ModelMixin, ConfigMixin, TextStatsMixin):
         pooled_conditioning: bool = True,
         task_code_dim: int = 0,  # > 0: conditional mean + code in the adaptive norms (see above)
         max_seen_tasks: int = 0,  # > 0: a per-task offset of the mean for up to this many seen tasks per arch
+        conditional_mean: bool = True,  # False: the task code only joins the adaptive norms, no closed-form mean
     ):
         super().__init__()
         dim = num_attention_heads * attention_head_dim
@@ -104,6 +107,7 @@ class WeightDiT(ModelMixin, ConfigMixin, TextStatsMixin):
         self.code_proj = self.task_mean = None
         if task_code_dim:
             self.code_proj = nn.Linear(task_code_dim, dim)
+        if task_code_dim and conditional_mean:
             self.task_mean = TaskMean(n_archs, task_code_dim, max_tokens * latent_dim, max_seen_tasks)
             self.register_load_state_dict_pre_hook(_legacy_task_mean_hook)
 
@@ -118,7 +122,7 @@ class WeightDiT(ModelMixin, ConfigMixin, TextStatsMixin):
         if t > self.config.max_tokens:
             raise ValueError(f"{t} tokens but the denoiser was built for at most {self.config.max_tokens}")
         self.latent_mean[arch_index, :t] = latents.mean(0)
-        if self.code_proj is not None:
+        if self.task_mean is not None:
             if codes is None or codes.shape != (n, self.config.task_code_dim):
                 raise ValueError(f"a code-conditioned denoiser needs task codes of shape ({n}, "
                                  f"{self.config.task_code_dim})")

@@ -8,7 +8,8 @@ language model would need text tasks that the bundled datasets do not offer.
 weightgen pretrains the base itself on the train split of all ten digits, seeded by its config, and
 caches it under `$WEIGHTGEN_HOME/bases/<name>/` with `save_pretrained`. A base is identified by the
 sha256 of its weights (`base_sha256`), which every LoRA zoo, adapter and generator records and
-checks: an adapter is only meaningful on the exact base it was trained on.
+checks: an adapter is only meaningful on the exact base it was trained on. The hash covers the
+tensors as loaded (names, dtypes, shapes, bytes), not the file, so a re-saved base keeps it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 
 from weightgen import atomic
 from weightgen.config import BaseModelConfig, to_dict
@@ -69,12 +71,20 @@ def pretrain(cfg: BaseModelConfig):
     return model.eval()
 
 
+def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """sha256 of a model's weights: every tensor's name, dtype, shape and bytes, in name order, so it
+    does not depend on how a file laid them out."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def base_sha256(folder: str | Path) -> str:
-    """sha256 of a saved base's weights file (model.safetensors)."""
-    path = Path(folder) / "model.safetensors"
-    if not path.is_file():
-        raise CheckpointError(f"{folder} holds no base model (model.safetensors is missing)")
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """`weights_sha256` of a saved base, as loaded (transformers may store other key names on disk)."""
+    return weights_sha256(load_base(folder).state_dict())
 
 
 def ensure_base(cfg: BaseModelConfig, root: Path | None = None) -> Path:
@@ -96,12 +106,14 @@ def load_base(folder: str | Path, sha256: str | None = None):
     from transformers import ViTForImageClassification
 
     folder = Path(folder)
-    if sha256 is not None and base_sha256(folder) != sha256:
-        raise CheckpointError(f"the base model in {folder} is not the one these adapters were trained on (sha256 differs)")
+    if not (folder / "model.safetensors").is_file():
+        raise CheckpointError(f"{folder} holds no base model (model.safetensors is missing)")
     try:
         model = ViTForImageClassification.from_pretrained(folder)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError) as e:
         raise CheckpointError(f"{folder} is not a readable base model ({e})") from e
+    if sha256 is not None and weights_sha256(model.state_dict()) != sha256:
+        raise CheckpointError(f"the base model in {folder} is not the one these adapters were trained on (sha256 differs)")
     return model.requires_grad_(False).eval()
 
 
