@@ -171,3 +171,15 @@ def debug_set_ar(debug_zoo, tmp_path_factory) -> Path:
         script.main(load_config(script.SetARConfig, ROOT / "configs" / "generator" / "debug-set-ar.yaml",
                                 [f"zoo={debug_zoo.root}", f"out={out}"]))
     return out
+
+
+@pytest.fixture(scope="session")
+def debug_lora_generator(debug_lora_zoo, tmp_path_factory) -> Path:
+    """The debug LoRA diffusion generator (configs/generator/debug-lora-diffusion.yaml, 4 steps) trained
+    in-process once on the debug LoRA zoo, through the same train script as weight generators."""
+    script = load_train_script("diffusion")
+    out = tmp_path_factory.mktemp("generators") / "lora-diffusion"
+    with one_thread():
+        script.main(load_config(script.DiffusionConfig, ROOT / "configs" / "generator" / "debug-lora-diffusion.yaml",
+                                [f"zoo={debug_lora_zoo.root}", f"out={out}"]))
+    return out

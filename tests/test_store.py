@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 import weightgen
-from weightgen.cli import zoo_export
+from weightgen.cli_zoo import zoo_export
 from weightgen.config import ZooConfig, load_config, to_dict
 from weightgen.errors import ConfigError, ZooError
 from weightgen.evaluate import evaluate_module

@@ -5,6 +5,9 @@
 
 Needs a trained autoencoder (train/train_autoencoder.py); its latents of every training model are
 computed once, standardised per slot, and the WeightDiT learns to denoise them given the prompt.
+With a LoRA zoo as `zoo` (configs/generator/lora-diffusion-digits.yaml) no encoder is needed: the
+adapters' canonical tokens (weightgen/encoders/adapter.py) are diffused instead, and the result is a
+LoRADiffusionPipeline that samples PEFT adapters.
 Re-running the same command resumes from the newest `OUT/checkpoints/step_N` (accelerate state).
 """
 
@@ -22,6 +25,8 @@ from weightgen.encoders.autoencoder import WeightAutoencoder
 from weightgen.errors import ConfigError
 from weightgen.generators.diffusion import WeightDiffusionPipeline, with_null_prompt
 from weightgen.generators.dit import WeightDiT
+from weightgen.generators.lora_diffusion import LoRADiffusionPipeline
+from weightgen.generators.lora_training import is_lora_zoo, load_lora_zoo
 from weightgen.generators.training import (
     GeneratorTrainConfig,
     drop_mask,
@@ -35,6 +40,8 @@ from weightgen.generators.training import (
     task_kinds,
 )
 from weightgen.tasks import TASK_CODE_DIM
+from weightgen.zoo.lora_build import zoo_base
+from weightgen.zoo.store import ZooStore
 
 SAMPLERS = {"ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
 
@@ -65,19 +72,10 @@ def main(cfg: DiffusionConfig) -> None:
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
     torch.manual_seed(cfg.seed)  # same init on every process
 
-    # 1. Data: autoencoder latents of every non-held-out model, and every training prompt embedded once.
-    encoder = load_encoder(cfg.encoder, WeightAutoencoder)
-    data, table = load_encoded_zoo(cfg, encoder, cfg.encoder, lambda flat, arch, _: encoder.encode(flat, arch))
-    denoiser = WeightDiT(latent_dim=encoder.config.latent_dim, n_archs=len(encoder.arch_specs),
-                         n_layers=int(encoder.meta_embed.layer.num_embeddings),
-                         n_positions=int(encoder.meta_embed.position.num_embeddings),
-                         num_layers=cfg.num_layers, num_attention_heads=cfg.num_attention_heads,
-                         attention_head_dim=cfg.attention_head_dim, text_dim=table.tokens.shape[-1],
-                         max_tokens=max(d.codes.shape[1] for d in data), task_kinds=task_kinds(data),
-                         pooled_conditioning=cfg.pooled_conditioning,
-                         task_code_dim=TASK_CODE_DIM if cfg.conditional_mean else 0,
-                         max_seen_tasks=max(len(d.task_codes.unique(dim=0)) for d in data)
-                         if cfg.conditional_mean and cfg.task_offsets else 0)
+    # 1. Data: autoencoder latents (or adapter tokens) of every non-held-out model, every training
+    #    prompt embedded once, and the denoiser shaped for them.
+    lora = is_lora_zoo(cfg.zoo)
+    encoder, data, table, denoiser = (lora_setup if lora else weight_setup)(cfg)
     denoiser.set_text_stats(table.tokens, table.mask)
     for d in data:  # the denoiser works on per-slot standardised latents (residuals of the task mean)
         denoiser.set_latent_stats(d.index, d.codes, d.task_codes, ridge=cfg.mean_ridge)
@@ -104,7 +102,7 @@ def main(cfg: DiffusionConfig) -> None:
                 noise = torch.randn(x0.shape, generator=g)
                 t = torch.randint(cfg.num_train_timesteps, (n,), generator=g)
                 noisy, target = noised(noise_sched, x0, noise, t, cfg.prediction_type)
-                meta = encoder.stats.layout(d.arch).metadata.expand(n, -1, -1)
+                meta = (encoder.metadata if lora else encoder.stats.layout(d.arch).metadata).expand(n, -1, -1)
                 with accelerator.accumulate(model):
                     out = model(noisy.to(accelerator.device), t.to(accelerator.device), text.to(accelerator.device),
                                 mask.to(accelerator.device), torch.full((n,), d.index, device=accelerator.device),
@@ -118,8 +116,42 @@ def main(cfg: DiffusionConfig) -> None:
 
     # 5. Save the pipeline with the EMA weights, and the resolved config beside it.
     final = accelerator.unwrap_model(model)
-    save_with_ema(accelerator, cfg, ema, final.parameters(), lambda: WeightDiffusionPipeline(
-        denoiser=final, scheduler=SAMPLERS[cfg.sampler].from_config(noise_sched.config), encoder=encoder))
+    scheduler = SAMPLERS[cfg.sampler].from_config(noise_sched.config)
+    save_with_ema(accelerator, cfg, ema, final.parameters(), lambda: LoRADiffusionPipeline(
+        denoiser=final, scheduler=scheduler, encoder=encoder, base=zoo_base(ZooStore(cfg.zoo))) if lora
+        else WeightDiffusionPipeline(denoiser=final, scheduler=scheduler, encoder=encoder))
+
+
+def lora_setup(cfg: DiffusionConfig):
+    """Adapter tokens of a LoRA zoo, and a denoiser over them (one 'arch': the base; a token's layer is
+    its module, its position its row in that module)."""
+    encoder, data, table = load_lora_zoo(cfg.zoo)
+    denoiser = WeightDiT(latent_dim=encoder.token_dim, n_archs=1, n_layers=len(encoder.targets),
+                         n_positions=encoder.num_positions, num_layers=cfg.num_layers,
+                         num_attention_heads=cfg.num_attention_heads, attention_head_dim=cfg.attention_head_dim,
+                         text_dim=table.tokens.shape[-1], max_tokens=encoder.num_tokens, task_kinds=task_kinds(data),
+                         pooled_conditioning=cfg.pooled_conditioning, task_code_dim=TASK_CODE_DIM,
+                         conditional_mean=cfg.conditional_mean,
+                         max_seen_tasks=len(data[0].task_codes.unique(dim=0))
+                         if cfg.conditional_mean and cfg.task_offsets else 0)
+    return encoder, data, table, denoiser
+
+
+def weight_setup(cfg: DiffusionConfig):
+    """Autoencoder latents of a weight zoo, and a denoiser over them."""
+    encoder = load_encoder(cfg.encoder, WeightAutoencoder)
+    data, table = load_encoded_zoo(cfg, encoder, cfg.encoder, lambda flat, arch, _: encoder.encode(flat, arch))
+    denoiser = WeightDiT(latent_dim=encoder.config.latent_dim, n_archs=len(encoder.arch_specs),
+                         n_layers=int(encoder.meta_embed.layer.num_embeddings),
+                         n_positions=int(encoder.meta_embed.position.num_embeddings),
+                         num_layers=cfg.num_layers, num_attention_heads=cfg.num_attention_heads,
+                         attention_head_dim=cfg.attention_head_dim, text_dim=table.tokens.shape[-1],
+                         max_tokens=max(d.codes.shape[1] for d in data), task_kinds=task_kinds(data),
+                         pooled_conditioning=cfg.pooled_conditioning,
+                         task_code_dim=TASK_CODE_DIM if cfg.conditional_mean else 0,
+                         max_seen_tasks=max(len(d.task_codes.unique(dim=0)) for d in data)
+                         if cfg.conditional_mean and cfg.task_offsets else 0)
+    return encoder, data, table, denoiser
 
 
 if __name__ == "__main__":

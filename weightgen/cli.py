@@ -6,7 +6,6 @@ Under accelerate: `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_proc
 
 from __future__ import annotations
 
-import statistics
 import sys
 from pathlib import Path
 
@@ -19,113 +18,8 @@ from rich.table import Table
 from weightgen.errors import WeightgenError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Generate neural-network weights from text.")
-zoo_app = typer.Typer(no_args_is_help=True, help="Build and read model zoos.")
-app.add_typer(zoo_app, name="zoo")
 # piped output (logs, CI) gets room for the tables instead of rich's 80-column default
 console = Console(width=None if sys.stdout.isatty() else 120)
-
-
-@zoo_app.command("build")
-def zoo_build(
-    config: Path = typer.Argument(..., help="Zoo config YAML, e.g. configs/zoo/digits-mlp.yaml."),
-    out: Path = typer.Option(None, "--out", help="Zoo folder (default runs/zoo/NAME)."),
-    overrides: list[str] = typer.Option([], "--set", help="Override a config key: --set epochs=5 --set tasks.subsets_per_k=3."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar or summary."),
-):
-    """Train a zoo of many small networks at once; re-running resumes an interrupted build."""
-    from weightgen.config import ZooConfig, load_config
-    from weightgen.zoo.build import build_zoo
-
-    cfg = load_config(ZooConfig, config, overrides)
-    out = out or Path("runs/zoo") / cfg.name
-    store = build_zoo(cfg, out, progress=not quiet)
-    from accelerate import PartialState
-
-    if not quiet and PartialState().is_main_process:
-        _print_info(store)
-
-
-@zoo_app.command("info")
-def zoo_info(zoo: Path = typer.Argument(..., help="Zoo folder.")):
-    """Tasks, archs, model counts and accuracy statistics of a zoo."""
-    from weightgen.zoo.store import ZooStore
-
-    _print_info(ZooStore(zoo))
-
-
-def _stats(values: list[float]) -> str:
-    if not values:
-        return "-"
-    sd = statistics.pstdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f}±{sd:.3f}"
-
-
-def _print_info(store) -> None:
-    store.check_complete()
-    m, records = store.manifest, store.records
-    tasks = m["tasks"]
-    console.print(
-        f"[bold]zoo {escape(m['name'])}[/] at {escape(str(store.root))}: {len(records)} models, "
-        f"{len(tasks)} tasks ({len(m['held_out'])} held out), {len(m['archs']) or 1} archs, init {m['config']['init']}"
-    )
-    table = Table("arch", "models", "tasks", "test acc seen", "test acc held out", "min", "max")
-    table.columns[0].no_wrap = True
-    texts = {slug: arch["text"] for slug, arch in m["archs"].items()}
-    if m.get("lora"):  # a LoRA zoo: every model is an adapter of the one base in ZOO/base
-        lora = m["lora"]
-        texts["lora"] = f"LoRA r{lora['rank']} ({', '.join(lora['target_modules'])}) on base {lora.get('base_sha256', '')[:12]}"
-    for slug, text in texts.items():
-        rs = [r for r in records if r["arch"] == slug]
-        accs = [r["test_acc"] for r in rs]
-        table.add_row(
-            text, str(len(rs)), str(len({r["task"] for r in rs})),
-            _stats([r["test_acc"] for r in rs if not r["held_out"]]),
-            _stats([r["test_acc"] for r in rs if r["held_out"]]),
-            f"{min(accs):.3f}", f"{max(accs):.3f}",
-        )
-    console.print(table)
-    kinds: dict[str, int] = {}
-    for task in store.tasks():
-        kind = "digits-" + "+".join(s for s, _ in task.shifts) if task.kind == "digits-shift" else task.kind if task.kind != "tabular" else task.id
-        kinds[kind] = kinds.get(kind, 0) + 1
-    console.print("tasks: " + ", ".join(f"{k} ×{v}" for k, v in kinds.items()))
-    if m["held_out"]:
-        shown = ", ".join(m["held_out"][:8]) + (" …" if len(m["held_out"]) > 8 else "")
-        console.print(f"held out: {escape(shown)}")
-    if store.held_out_archs:  # every model of these archs is held out, whatever its task
-        texts = sorted(m["archs"][slug]["text"] for slug in store.held_out_archs if slug in m["archs"])
-        console.print(f"held-out archs ({len(texts)}): {escape('; '.join(texts))}")
-
-
-@zoo_app.command("export")
-def zoo_export(
-    zoo: Path = typer.Argument(..., help="Zoo folder."),
-    model_id: int = typer.Option(..., "--id", help="Model id (see records.jsonl)."),
-    out: Path = typer.Option(..., "--out", help="Checkpoint file (.safetensors) or folder (hub style); a PEFT "
-                             "adapter folder for a LoRA zoo's model."),
-):
-    """Write one zoo model as a self-describing checkpoint (a PEFT adapter folder for a LoRA zoo)."""
-    from weightgen.checkpoint import save_model
-    from weightgen.zoo.store import ZooStore
-
-    store = ZooStore(zoo)
-    rec = store.record(model_id)
-    metrics = {k: v for k, v in rec.items() if k.endswith(("_acc", "_loss"))}
-    if store.manifest.get("lora"):
-        from weightgen.zoo.lora_adapter import save_adapter
-
-        _quiet_loading()
-        path = save_adapter(out, store.state_dict(model_id), store.manifest["lora"], store.root / "base",
-                            task=rec["task"], generator="zoo", zoo=store.manifest["name"], zoo_id=model_id,
-                            seed=rec["seed"], metrics=metrics)
-        console.print(f"wrote {escape(str(path))}: a PEFT adapter of {escape(str(store.root / 'base'))} for "
-                      f"{rec['task']}, test acc {rec['test_acc']:.4f}")
-        return
-    path = save_model(store.state_dict(model_id), out, arch=store.archs[rec["arch"]], task=rec["task"],
-                      generator="zoo", zoo=store.manifest["name"], zoo_id=model_id, seed=rec["seed"],
-                      init=rec["init"], metrics=metrics)
-    console.print(f"wrote {escape(str(path))}: {store.archs[rec['arch']].describe()} for {rec['task']}, "
-                  f"test acc {rec['test_acc']:.4f}")
 
 
 @app.command("parse")
@@ -201,7 +95,7 @@ def sample(
     import json as _json
 
     from weightgen.generate import check_writable, sample_to_folder, summary
-    from weightgen.home import load_generator
+    from weightgen.home import LORA_PIPELINES, load_generator
 
     if not prompt.strip():
         raise WeightgenError("the prompt is empty; describe a task such as 'classify digits 3, 5 and 8'")
@@ -211,6 +105,9 @@ def sample(
         check_writable(out)  # fail before loading anything
     _quiet_loading()
     pipe, found, path = load_generator(generator, kind)
+    if type(pipe).__name__ in LORA_PIPELINES:  # PEFT adapters of the generator's base, not MLP checkpoints
+        _sample_adapters(pipe, path, prompt, arch, out, num_samples, seed, steps, guidance, temperature, no_eval, as_json)
+        return
     req = pipe.resolve(prompt, arch)
     if not as_json and arch is None and find_arch_in(prompt) is None:
         console.print(f"arch: {req.arch.describe()} (the task's default; pass --arch for another)")
@@ -222,6 +119,36 @@ def sample(
         print(_json.dumps(result, allow_nan=False))
         return
     _print_sample_report(result)
+
+
+def _sample_adapters(pipe, path, prompt, arch, out, num_samples, seed, steps, guidance, temperature, no_eval, as_json):
+    import json as _json
+
+    from weightgen.generate_lora import sample_adapters_to_folder
+    from weightgen.generators.lora_diffusion import lora_task
+
+    if arch is not None:
+        raise WeightgenError("--arch does not apply to a LoRA generator: it makes adapters of its own base model")
+    task = lora_task(prompt, pipe.denoiser.config.task_kinds)  # fails before sampling, with one sentence
+    out = out or Path("runs/samples") / f"{task.id}-lora"
+    result = sample_adapters_to_folder(pipe, path, prompt, out, num_samples, seed, steps, guidance, temperature,
+                                       evaluate=not no_eval)
+    if as_json:
+        print(_json.dumps(result, allow_nan=False))
+        return
+    console.print(f"wrote {result['num_finite']} PEFT adapters of {escape(result['base'])} to {escape(str(out))} "
+                  f"(best by validation accuracy: {escape(str(result['best']))})")
+    report = result["report"]
+    if report:
+        table = Table("adapters", "n", "mean acc", "min", "max", "as new")
+        for name, g in [("generated", report["generated"]), ("trained LoRA", report["zoo"]), *report["baselines"].items()]:
+            st = g["stats"]
+            table.add_row(name, str(st["n"]), _fmt(st["mean"]), _fmt(st["min"]), _fmt(st["max"]), _fmt(g["novelty"]["as_new"], 2))
+        console.print(table)
+        console.print(f"generated / trained: {_fmt(report['ratio_to_trained'], 3)}; margins: " + ", ".join(
+            f"{k} {v:+.3f}" for k, v in report["margins"].items() if v is not None))
+    for note in result["notes"]:
+        console.print(f"note: {escape(note)}")
 
 
 def _quiet_loading() -> None:
@@ -400,6 +327,10 @@ def main() -> None:
         Console(stderr=True).print("aborted")
         sys.exit(130)
 
+
+from weightgen.cli_zoo import zoo_app  # noqa: E402  (registers after `console` exists: it prints with it)
+
+app.add_typer(zoo_app, name="zoo")
 
 if __name__ == "__main__":
     main()

@@ -65,6 +65,9 @@ class LoRASpec:
     # attention query/value (the LoRA paper's choice) plus the classifier head: on shift tasks the head
     # added 4-5 points on rotations and inversion for 10 x (48 + r) more numbers (benchmarks/RESULTS.md)
     target_modules: tuple[str, ...] = ("q_proj", "v_proj", "classifier")
+    # shared: every adapter starts from one A (B = 0, as peft); independent: a fresh A per adapter. From
+    # independent starts, adapters of one task end in unrelated subspaces (benchmarks/RESULTS.md, issue 16)
+    init: str = "shared"
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,7 @@ def draw(pipe, kind: str, prompt: str, arch, num_samples: int, seed: int, steps:
             raise GeneratorError("--guidance applies to the diffusion generators and the neuron-set AR; this AR "
                                  "generator takes --temperature")
         kwargs["guidance_scale"] = guidance
-    return pipe(prompt, arch=arch, **kwargs)
+    return pipe(prompt, **kwargs) if arch is None and "arch" not in accepts else pipe(prompt, arch=arch, **kwargs)
 
 
 def sample_to_folder(pipe, kind: str, generator_dir: str | Path, prompt: str, out: str | Path, arch=None,

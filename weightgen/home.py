@@ -15,7 +15,8 @@ from weightgen.errors import GeneratorError
 KINDS = ("diffusion", "ar")
 # pipeline class -> kind; the neuron-set diffusion pipeline is a diffusion generator (same sampling options)
 PIPELINE_KINDS = {"WeightDiffusionPipeline": "diffusion", "SetDiffusionPipeline": "diffusion", "WeightARPipeline": "ar",
-                  "SetARPipeline": "ar"}
+                  "SetARPipeline": "ar", "LoRADiffusionPipeline": "diffusion"}
+LORA_PIPELINES = {"LoRADiffusionPipeline"}  # sample PEFT adapters of a base, not MLP checkpoints
 ANY_WIDTH = {"SetDiffusionPipeline": "denoiser", "SetARPipeline": "heads"}  # neuron-set pipelines: component with `archs`
 
 
@@ -55,6 +56,8 @@ def generator_archs(path: str | Path) -> tuple[list, bool]:
     from weightgen.specs import ArchSpec
 
     cls = pipeline_class(path)
+    if cls in LORA_PIPELINES:
+        return [], False  # it makes adapters of its base; no MLP arch is seen or new to it
     component = ANY_WIDTH.get(cls) or {"WeightDiffusionPipeline": "encoder", "WeightARPipeline": "tokenizer"}[cls]
     try:
         archs = json.loads((Path(path) / component / "config.json").read_text()).get("archs") or []
@@ -105,7 +108,9 @@ def load_generator(path: str | Path | None, kind: str | None):
     found = generator_kind(path)
     if kind is not None and kind != found:
         raise GeneratorError(f"{path} holds a {found} generator, not {kind}")
-    if pipeline_class(path) == "SetDiffusionPipeline":
+    if pipeline_class(path) == "LoRADiffusionPipeline":
+        from weightgen.generators.lora_diffusion import LoRADiffusionPipeline as cls
+    elif pipeline_class(path) == "SetDiffusionPipeline":
         from weightgen.generators.set_diffusion import SetDiffusionPipeline as cls
     elif pipeline_class(path) == "SetARPipeline":
         from weightgen.generators.set_ar import SetARPipeline as cls

@@ -1,19 +1,20 @@
-"""LoRA adapters of a transformers base <-> canonical tokens: the encoder of LoRA zoos.
+"""LoRA adapters of a transformers base <-> tokens of their weight deltas: the encoder of LoRA zoos.
 
 An adapter is, for each adapted module m, factors A_m (r, in) and B_m (out, r), and only their
-product B_m A_m matters: B A = (B G)(G^-1 A) for any invertible r x r matrix G, so raw factors of
-two adapters that compute the same function can look nothing alike. `canonical` removes that
-freedom: with B = Q_b R_b and A^T = Q_a R_a (thin QR) and the SVD R_b R_a^T = U S V^T,
+product matters: B A = (B G)(G^-1 A) for any invertible r x r matrix G, so raw factors of two
+adapters that compute the same function can look nothing alike. The encoder therefore works on the
+product itself, the delta D_m = B_m A_m (out, in) that the adapter adds to the module's weight
+(peft scales it by alpha / r at run time): a token is one row of one module's delta, so an adapter
+is sum(out_m) tokens of width max(in_m), with metadata (module index, 0, row) saying where each
+sits. The delta has no symmetry left, and it is linear in what the adapter does to the module, so
+averages and interpolations of deltas are meaningful where averages of factors are not
+(benchmarks/RESULTS.md, issue 16: averaging the four adapters of a task keeps 0.63-0.96 of their
+accuracy as deltas, and falls to 0.05-0.92 as SVD-canonical factors).
 
-    B' = Q_b U sqrt(S)      A' = sqrt(S) V^T Q_a^T          (so B' A' = B A exactly)
-
-ordered by singular value, with each component's sign fixed so that the largest-magnitude entry of
-its column of B' is positive. What is left is the function itself (up to ties of singular values).
-
-A token is one rank-1 component: [B'[:, i] (out, zero-padded), A'[i] (in, zero-padded)], so an
-adapter is `len(modules) x rank` tokens whose metadata (module index, 0, component index) says where
-each sits; the generator's denoiser standardises them per slot. There is one base, hence no
-architecture index: every token's identity is its module and its place in the singular spectrum.
+Decoding returns rank-r factors again: the best rank-r approximation of each generated delta
+(Eckart-Young, truncated SVD) in `canonical` form, B' = U sqrt(S), A' = sqrt(S) V^T, ordered by
+singular value, each component's sign fixed so that the largest-magnitude entry of its column of B'
+is positive. For a zoo adapter the round trip is exact (its delta has rank r).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def canonical(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 
 class AdapterEncoder(ModelMixin, ConfigMixin):
-    """Factors {`<module>.lora_A`: (N, r, in), `<module>.lora_B`: (N, out, r)} <-> tokens (N, T, D)."""
+    """Factors {`<module>.lora_A`: (N, r, in), `<module>.lora_B`: (N, out, r)} <-> delta rows (N, T, D)."""
 
     @register_to_config
     def __init__(self, lora: dict):
@@ -53,14 +54,13 @@ class AdapterEncoder(ModelMixin, ConfigMixin):
         self.targets = sorted(n.removesuffix(".lora_A") for n in shapes if n.endswith(".lora_A"))
         self.in_dims = [int(shapes[f"{m}.lora_A"][1]) for m in self.targets]
         self.out_dims = [int(shapes[f"{m}.lora_B"][0]) for m in self.targets]
-        self.out_width = max(self.out_dims)
-        self.token_dim = self.out_width + max(self.in_dims)
-        meta = [[m, 0, i] for m in range(len(self.targets)) for i in range(self.rank)]
+        self.token_dim = max(self.in_dims)
+        self.starts = [sum(self.out_dims[:m]) for m in range(len(self.targets))]
+        meta = [[m, 0, row] for m, out in enumerate(self.out_dims) for row in range(out)]
         self.register_buffer("metadata", torch.tensor(meta, dtype=torch.long), persistent=False)  # (T, 3)
         used = torch.zeros(len(meta), self.token_dim, dtype=torch.bool)  # which coordinates are not padding
-        for m, (o, i) in enumerate(zip(self.out_dims, self.in_dims)):
-            used[m * self.rank : (m + 1) * self.rank, :o] = True
-            used[m * self.rank : (m + 1) * self.rank, self.out_width : self.out_width + i] = True
+        for start, out, width in zip(self.starts, self.out_dims, self.in_dims):
+            used[start : start + out, :width] = True
         self.register_buffer("used", used)
 
     @classmethod
@@ -73,7 +73,11 @@ class AdapterEncoder(ModelMixin, ConfigMixin):
 
     @property
     def num_tokens(self) -> int:
-        return len(self.targets) * self.rank
+        return sum(self.out_dims)
+
+    @property
+    def num_positions(self) -> int:
+        return max(self.out_dims)
 
     def check(self, factors: dict[str, torch.Tensor]) -> int:
         """The batch size of a factor dict, after checking every factor's name and shape."""
@@ -90,24 +94,23 @@ class AdapterEncoder(ModelMixin, ConfigMixin):
         return n
 
     def encode(self, factors: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Factors (N, ...) -> canonical tokens (N, T, D), zero on padding."""
+        """Factors (N, ...) -> delta rows (N, T, D), zero on padding."""
         n = self.check(factors)
         out = torch.zeros(n, self.num_tokens, self.token_dim)
-        for m, name in enumerate(self.targets):
-            a, b = canonical(factors[f"{name}.lora_A"].float(), factors[f"{name}.lora_B"].float())
-            rows = slice(m * self.rank, (m + 1) * self.rank)
-            out[:, rows, : self.out_dims[m]] = b.transpose(1, 2)  # component i's column of B'
-            out[:, rows, self.out_width : self.out_width + self.in_dims[m]] = a
+        for name, start, o, i in zip(self.targets, self.starts, self.out_dims, self.in_dims):
+            out[:, start : start + o, :i] = factors[f"{name}.lora_B"].float() @ factors[f"{name}.lora_A"].float()
         return out
 
     def decode(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Tokens (N, T, D) -> factors (padding ignored); the inverse of `encode` up to the canonical form."""
+        """Delta rows (N, T, D) -> rank-r factors in canonical form (padding ignored)."""
         if tokens.shape[1:] != (self.num_tokens, self.token_dim):
             raise CheckpointError(f"adapter tokens of shape {tuple(tokens.shape[1:])}, expected "
                                   f"({self.num_tokens}, {self.token_dim})")
         out = {}
-        for m, name in enumerate(self.targets):
-            rows = tokens[:, m * self.rank : (m + 1) * self.rank]
-            out[f"{name}.lora_A"] = rows[:, :, self.out_width : self.out_width + self.in_dims[m]].contiguous()
-            out[f"{name}.lora_B"] = rows[:, :, : self.out_dims[m]].transpose(1, 2).contiguous()
+        for name, start, o, i in zip(self.targets, self.starts, self.out_dims, self.in_dims):
+            delta = tokens[:, start : start + o, :i].double()
+            u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+            root = s[:, : self.rank].sqrt()
+            a, b = canonical(vh[:, : self.rank] * root[..., None], u[:, :, : self.rank] * root[:, None])
+            out[f"{name}.lora_A"], out[f"{name}.lora_B"] = a.float().contiguous(), b.float().contiguous()
         return out

@@ -202,8 +202,9 @@ def build_zoo(cfg: ZooConfig, out: str | Path, progress: bool = True) -> ZooStor
 
             if cfg.init == "lora":
                 frozen = load_base(store.root / "base", manifest["lora"]["base_sha256"])
+                shared = cfg.lora.init == "shared"
                 init = init_factors(factor_shapes(frozen, cfg.lora),
-                                    [torch.Generator().manual_seed(_seed(cfg, "init", i)) for i in ids])
+                                    [torch.Generator().manual_seed(_seed(cfg, "init", "lora" if shared else i)) for i in ids])
                 params, metrics = train_lora_batched(frozen, cfg.lora, tasks, init, recipe, g, on_step=step)
                 arch_meta = {"family": LORA_ARCH, "base_sha256": manifest["lora"]["base_sha256"]}
             else:

@@ -26,6 +26,8 @@ def lora_manifest(cfg: ZooConfig, tasks: list[TaskSpec]) -> dict:
     from transformers import ViTForImageClassification
 
     spec = cfg.lora
+    if spec.init not in ("shared", "independent"):
+        raise ConfigError(f"lora.init must be shared or independent, got '{spec.init}'")
     if spec.rank < 1 or spec.alpha <= 0:
         raise ConfigError(f"lora.rank must be >= 1 and lora.alpha > 0, got {spec.rank} and {spec.alpha}")
     for t in tasks:

@@ -103,8 +103,10 @@ def adapter_logits(model: nn.Module, factors: dict[str, torch.Tensor], x: torch.
 
 def train_lora_batched(base: nn.Module, spec: LoRASpec, tasks: list[TaskSpec], init: dict[str, torch.Tensor],
                        recipe: Recipe, generator: torch.Generator,
-                       on_step: Callable[[int, int], None] | None = None) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    """Train len(tasks) adapters from `init` (K, *shape); returns (factors, per-adapter metrics)."""
+                       on_step: Callable[[int, int], None] | None = None,
+                       metrics: bool = True) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """Train len(tasks) adapters from `init` (K, *shape); returns (factors, per-adapter metrics on
+    every split; empty dicts with metrics=False)."""
     k = len(tasks)
     uniq = list(dict.fromkeys(tasks))
     xs, ys = zip(*(t.split("train") for t in uniq))
@@ -133,7 +135,7 @@ def train_lora_batched(base: nn.Module, spec: LoRASpec, tasks: list[TaskSpec], i
                 on_step(epoch * steps_per_epoch + s + 1, total)
     final = {n: p.detach().contiguous() for n, p in params.items()}
     records = [{} for _ in range(k)]
-    for split in SPLITS:
+    for split in SPLITS if metrics else ():
         m = evaluate_adapters(base, spec, final, tasks, split)
         for i in range(k):
             records[i][f"{split}_acc"], records[i][f"{split}_loss"] = m["acc"][i].item(), m["loss"][i].item()
