@@ -183,3 +183,15 @@ def debug_lora_generator(debug_lora_zoo, tmp_path_factory) -> Path:
         script.main(load_config(script.DiffusionConfig, ROOT / "configs" / "generator" / "debug-lora-diffusion.yaml",
                                 [f"zoo={debug_lora_zoo.root}", f"out={out}"]))
     return out
+
+
+@pytest.fixture(scope="session")
+def debug_lora_ar(debug_lora_zoo, tmp_path_factory) -> Path:
+    """The debug LoRA AR generator (configs/generator/debug-lora-ar.yaml, 3 steps), through the same
+    train script as the weight AR generator."""
+    script = load_train_script("autoregressive")
+    out = tmp_path_factory.mktemp("generators") / "lora-ar"
+    with one_thread():
+        script.main(load_config(script.ARConfig, ROOT / "configs" / "generator" / "debug-lora-ar.yaml",
+                                [f"zoo={debug_lora_zoo.root}", f"out={out}"]))
+    return out

@@ -22,7 +22,7 @@ def test_encoder_is_exact_on_zoo_adapters_and_blind_to_the_lora_symmetry(debug_l
     enc = AdapterEncoder.from_zoo(debug_lora_zoo)
     f = factors_of(debug_lora_zoo, [0, 3, 5])
     tokens = enc.encode(f)
-    assert tokens.shape == (3, enc.num_tokens, enc.token_dim) == (3, 4 * 32 + 10, 32)
+    assert tokens.shape == (3, enc.num_tokens, enc.token_dim) == (3, 4 * 8 + 3, 4 * 32)  # 4 delta rows a token
     back = enc.decode(tokens)
     for m in enc.targets:  # a zoo adapter's delta has rank r: the round trip keeps it exactly
         a, b = f[f"{m}.lora_A"], f[f"{m}.lora_B"]
@@ -122,3 +122,35 @@ def test_cli_samples_peft_adapters_and_reports_the_references(debug_lora_generat
         prompt = "classify iris flowers" if not args else "digits rotated by 30 degrees"
         code, _, err = run_cli("sample", prompt, "--generator", debug_lora_generator, "-n", 1, "--out", tmp_path / "x", *args)
         assert code == 2 and words in err and "Traceback" not in err
+
+
+def test_quantizer_keeps_the_training_adapters_it_spans(debug_lora_zoo):
+    from weightgen.encoders.adapter_quantizer import AdapterQuantizer
+
+    ids = [r["id"] for r in debug_lora_zoo.records if not r["held_out"]]
+    f = factors_of(debug_lora_zoo, ids)
+    q = AdapterQuantizer(debug_lora_zoo.manifest["lora"], components=len(ids) - 1, bins=4096).fit(f)
+    codes = q.encode(f)
+    assert codes.shape == (len(ids), 1, len(ids) - 1) and 0 <= codes.min() and codes.max() < 4096
+    back = q.decode(codes)  # n - 1 directions span n centred adapters: only the bins' width is lost
+    enc = AdapterEncoder.from_zoo(debug_lora_zoo)
+    err = (enc.encode(back) - enc.encode(f)).norm() / enc.encode(f).norm()
+    assert err < 0.01
+    with pytest.raises(Exception, match="principal directions"):
+        AdapterQuantizer(debug_lora_zoo.manifest["lora"], components=len(ids)).fit(f)
+
+
+def test_ar_generator_samples_adapters(debug_lora_ar, run_cli, tmp_path):
+    from weightgen.home import load_generator
+
+    pipe, kind, _ = load_generator(debug_lora_ar, None)
+    assert type(pipe).__name__ == "LoRAARPipeline" and kind == "ar"
+    out = pipe("digits rotated by 15 degrees", num_samples=4, generator=3)
+    again = pipe("digits rotated by 15 degrees", num_samples=4, generator=3)
+    assert out.num_finite == 4 and all(torch.equal(out.factors[n], again.factors[n]) for n in out.factors)
+    code, stdout, err = run_cli("sample", "inverted digits", "--generator", debug_lora_ar, "-n", 2, "--out",
+                                tmp_path / "s", "--no-eval", "--json")
+    assert code == 0, err
+    assert json.loads(stdout)["report"] is None and (tmp_path / "s" / "sample-001" / "adapter_config.json").is_file()
+    code, _, err = run_cli("sample", "inverted digits", "--generator", debug_lora_ar, "--steps", 3, "--out", tmp_path / "t")
+    assert code == 2 and "--steps" in err

@@ -4,6 +4,9 @@
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 train/train_autoregressive.py CONFIG
 
 Needs a trained VQ tokenizer (train/train_tokenizer.py); every training model's ids are computed once.
+With a LoRA zoo as `zoo` (configs/generator/lora-ar-digits.yaml) the tokenizer is an AdapterQuantizer
+fitted here in closed form (weightgen/encoders/adapter_quantizer.py), and the result is a
+LoRAARPipeline that samples PEFT adapters.
 Re-running the same command resumes from the newest `OUT/checkpoints/step_N` (accelerate state).
 """
 
@@ -17,8 +20,11 @@ from accelerate import Accelerator
 from rich.progress import Progress
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from weightgen.encoders.adapter_quantizer import AdapterQuantizer
 from weightgen.encoders.vqvae import WeightVQVAE
 from weightgen.generators.autoregressive import WeightARPipeline, WeightARPrefix
+from weightgen.generators.lora_ar import LoRAARPipeline
+from weightgen.generators.lora_training import is_lora_zoo, load_lora_zoo
 from weightgen.generators.training import (
     GeneratorTrainConfig,
     end_step,
@@ -30,6 +36,8 @@ from weightgen.generators.training import (
     task_kinds,
 )
 from weightgen.tasks import TASK_CODE_DIM
+from weightgen.zoo.lora_build import zoo_base
+from weightgen.zoo.store import ZooStore
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,8 @@ class ARConfig(GeneratorTrainConfig):
     prefix_len: int = 32  # prompt token states kept as prefix embeddings
     dropout: float = 0.0
     task_code: bool = True  # the task's structure joins the prompt prefix (generators/autoregressive.py)
+    components: int = 96  # LoRA zoos: principal directions of the adapter deltas, one id each
+    bins: int = 64  # LoRA zoos: uniform bins per direction
 
 
 class ARModel(torch.nn.Module):
@@ -62,11 +72,18 @@ def main(cfg: ARConfig) -> None:
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
     torch.manual_seed(cfg.seed)  # same init on every process
 
-    # 1. Data: VQ ids of every non-held-out model, and every training prompt embedded once.
-    tokenizer = load_encoder(cfg.tokenizer, WeightVQVAE)
-    data, table = load_encoded_zoo(cfg, tokenizer, cfg.tokenizer, tokenizer.encode)
+    # 1. Data: VQ ids (or adapter ids) of every non-held-out model, and every training prompt embedded once.
+    lora = is_lora_zoo(cfg.zoo)
+    if lora:
+        tokens, data, table = load_lora_zoo(cfg.zoo)
+        tokenizer = AdapterQuantizer(tokens.config.lora, components=cfg.components, bins=cfg.bins)
+        factors = tokens.decode(data[0].codes)  # the zoo adapters (canonical factors of the same deltas)
+        data[0].codes = tokenizer.fit(factors).encode(factors)
+    else:
+        tokenizer = load_encoder(cfg.tokenizer, WeightVQVAE)
+        data, table = load_encoded_zoo(cfg, tokenizer, cfg.tokenizer, tokenizer.encode)
     prefix = WeightARPrefix(text_dim=table.tokens.shape[-1], hidden_size=cfg.hidden_size, prefix_len=cfg.prefix_len,
-                            n_archs=len(tokenizer.arch_specs), ids_per_token=tokenizer.ids_per_token,
+                            n_archs=1 if lora else len(tokenizer.arch_specs), ids_per_token=tokenizer.ids_per_token,
                             codebook_size=tokenizer.codebook_size, task_kinds=task_kinds(data),
                             task_code_dim=TASK_CODE_DIM if cfg.task_code else 0)
     prefix.set_text_stats(table.tokens, table.mask)
@@ -101,8 +118,9 @@ def main(cfg: ARConfig) -> None:
             end_step(accelerator, cfg, step, sched, ema, parts.parameters(), progress, job, "autoregressive", loss)
 
     # 5. Save the pipeline with the EMA weights, and the resolved config beside it.
-    save_with_ema(accelerator, cfg, ema, parts.parameters(),
-                  lambda: WeightARPipeline(lm=parts.lm, prefix=parts.prefix, tokenizer=tokenizer))
+    save_with_ema(accelerator, cfg, ema, parts.parameters(), lambda: LoRAARPipeline(
+        lm=parts.lm, prefix=parts.prefix, tokenizer=tokenizer, base=zoo_base(ZooStore(cfg.zoo))) if lora
+        else WeightARPipeline(lm=parts.lm, prefix=parts.prefix, tokenizer=tokenizer))
 
 
 if __name__ == "__main__":

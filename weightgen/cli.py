@@ -129,7 +129,8 @@ def _sample_adapters(pipe, path, prompt, arch, out, num_samples, seed, steps, gu
 
     if arch is not None:
         raise WeightgenError("--arch does not apply to a LoRA generator: it makes adapters of its own base model")
-    task = lora_task(prompt, pipe.denoiser.config.task_kinds)  # fails before sampling, with one sentence
+    conditioner = getattr(pipe, "denoiser", None) or pipe.prefix  # diffusion or AR: where task_kinds live
+    task = lora_task(prompt, conditioner.config.task_kinds)  # fails before sampling, with one sentence
     out = out or Path("runs/samples") / f"{task.id}-lora"
     result = sample_adapters_to_folder(pipe, path, prompt, out, num_samples, seed, steps, guidance, temperature,
                                        evaluate=not no_eval)

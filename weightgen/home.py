@@ -15,8 +15,8 @@ from weightgen.errors import GeneratorError
 KINDS = ("diffusion", "ar")
 # pipeline class -> kind; the neuron-set diffusion pipeline is a diffusion generator (same sampling options)
 PIPELINE_KINDS = {"WeightDiffusionPipeline": "diffusion", "SetDiffusionPipeline": "diffusion", "WeightARPipeline": "ar",
-                  "SetARPipeline": "ar", "LoRADiffusionPipeline": "diffusion"}
-LORA_PIPELINES = {"LoRADiffusionPipeline"}  # sample PEFT adapters of a base, not MLP checkpoints
+                  "SetARPipeline": "ar", "LoRADiffusionPipeline": "diffusion", "LoRAARPipeline": "ar"}
+LORA_PIPELINES = {"LoRADiffusionPipeline", "LoRAARPipeline"}  # sample PEFT adapters of a base, not MLP checkpoints
 ANY_WIDTH = {"SetDiffusionPipeline": "denoiser", "SetARPipeline": "heads"}  # neuron-set pipelines: component with `archs`
 
 
@@ -110,6 +110,8 @@ def load_generator(path: str | Path | None, kind: str | None):
         raise GeneratorError(f"{path} holds a {found} generator, not {kind}")
     if pipeline_class(path) == "LoRADiffusionPipeline":
         from weightgen.generators.lora_diffusion import LoRADiffusionPipeline as cls
+    elif pipeline_class(path) == "LoRAARPipeline":
+        from weightgen.generators.lora_ar import LoRAARPipeline as cls
     elif pipeline_class(path) == "SetDiffusionPipeline":
         from weightgen.generators.set_diffusion import SetDiffusionPipeline as cls
     elif pipeline_class(path) == "SetARPipeline":

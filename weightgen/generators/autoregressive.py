@@ -159,9 +159,20 @@ class WeightARPipeline(WeightPipeline):
         arch_index = self.tokenizer.stats.index[req.arch.slug]
         steps = self.tokenizer.stats.layout(req.arch).num_tokens * self.prefix.config.ids_per_token
         emb = self._text(req.text)
+        code = None if req.task is None else task_code(req.task, self.prefix.config.task_code_dim or TASK_CODE_DIM)[None]
+        ids = self._sample_ids(emb, code, arch_index, steps, num_samples, batch_size, g, temperature, top_k, top_p,
+                               progress)
+        # a tokenizer with a task mean adds the task's mean network back (the arch's mean for no task)
+        flat = self.tokenizer.decode(ids.to(self.tokenizer.device), req.arch,
+                                     None if code is None else code.to(self.tokenizer.device)).float().cpu()
+        return GeneratedWeights(req.arch, req.task, req.text, flat, flat.isfinite().all(1))
+
+    def _sample_ids(self, emb, code, arch_index: int, steps: int, num_samples: int, batch_size: int, g,
+                    temperature: float, top_k: int, top_p: float, progress: bool) -> torch.Tensor:
+        """`steps` generated ids per sample after [BOS] [ARCH], as the tokenizer's id grid (N, T, I)."""
         device = self.lm.device
         head = torch.tensor([[BOS, 2 + arch_index]], device=device)
-        code = None if req.task is None else task_code(req.task, self.prefix.config.task_code_dim or TASK_CODE_DIM)[None].to(device)
+        code = None if code is None else code.to(device)
         ids = []
         for start in self._progress(range(0, num_samples, batch_size), progress):
             n = min(batch_size, num_samples - start)
@@ -179,7 +190,4 @@ class WeightARPipeline(WeightPipeline):
                                          logits_processor=LogitsProcessorList([ArchLayoutProcessor(self.prefix, 0)]),
                                          **sampling)
             ids.append(self.prefix.to_ids(codes[:, -steps:]))
-        # a tokenizer with a task mean adds the task's mean network back (the arch's mean for no task)
-        flat = self.tokenizer.decode(torch.cat(ids).to(self.tokenizer.device), req.arch,
-                                     None if code is None else code.to(self.tokenizer.device)).float().cpu()
-        return GeneratedWeights(req.arch, req.task, req.text, flat, flat.isfinite().all(1))
+        return torch.cat(ids)
