@@ -23,12 +23,14 @@ import json
 import random
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from weightgen.config import ZooConfig, from_dict
-from weightgen.evaluate_lora import LoRAZoo, as_new, mean_gaussian, multitask_adapter, retrieval
+from weightgen.evaluate_lora import LoRAZoo, as_new, mean_gaussian, retrieval
+from weightgen.generate_lora import multitask_reference
 from weightgen.tasks import get_task
 from weightgen.zoo.build import recipe_of
 from weightgen.zoo.lora_adapter import peft_model
@@ -73,24 +75,33 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--zoo", default="runs/zoo/digits-lora")
     ap.add_argument("--generator", default="runs/generators/lora-diffusion-digits")
-    ap.add_argument("--samples", type=int, default=32)
+    ap.add_argument("--samples", type=int, default=32, help="samples per task (0: only the build-speed comparison)")
     ap.add_argument("--seen", type=int, default=12, help="seen tasks drawn for the seen-task figures")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=None, help="sampling steps (default: the pipeline's)")
+    ap.add_argument("--steps", type=int, default=None, help="diffusion sampling steps (default: the pipeline's)")
+    ap.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the pipeline's)")
     ap.add_argument("--speed", type=int, default=64, help="adapters in the build-speed comparison (0: skip it)")
     ap.add_argument("--speed-epochs", type=int, default=3)
     args = ap.parse_args()
 
-    from weightgen.generators.lora_diffusion import LoRADiffusionPipeline
-
     zoo = LoRAZoo.load(args.zoo)
-    pipe = LoRADiffusionPipeline.from_pretrained(args.generator)
-    pipe.set_progress_bar_config(disable=True)
+    result = {"zoo": args.zoo, "generator": args.generator, "samples": args.samples}
+    if args.samples:
+        result.update(quality(zoo, args))
+    if args.speed:
+        result["build_speed"] = speed(zoo, args.speed, args.speed_epochs)
+    print(json.dumps(result))
+
+
+def quality(zoo: LoRAZoo, args) -> dict:
+    from weightgen.home import load_generator
+
+    pipe, kind, _ = load_generator(args.generator, None)
     pipe.check_base()
     held = sorted(zoo.store.held_out)
     seen = sorted(random.Random(args.seed).sample(zoo.seen_tasks(), min(args.seen, len(zoo.seen_tasks()))))
     t0 = time.perf_counter()
-    multi = multitask_adapter(zoo, seed=args.seed)
+    multi = multitask_reference(zoo, Path(args.generator), [])  # trained on first use, then kept beside the generator
     multitask_s = time.perf_counter() - t0
     rows, sample_s, sampled = [], 0.0, 0
     g = torch.Generator().manual_seed(args.seed)
@@ -98,6 +109,8 @@ def main() -> None:
         for tid in tasks:
             task = get_task(tid)
             kw = {} if args.steps is None else {"num_inference_steps": args.steps}
+            if args.temperature is not None:
+                kw["temperature"] = args.temperature
             start = time.perf_counter()
             out = pipe(task.description, num_samples=args.samples, generator=args.seed, **kw)
             sample_s += time.perf_counter() - start
@@ -118,8 +131,7 @@ def main() -> None:
                 row["as_new"] = as_new(zoo, out.factors, task)
             rows.append(row)
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-    result = {"zoo": args.zoo, "generator": args.generator, "samples": args.samples, "multitask_s": multitask_s,
-              "adapters_per_s": sampled / sample_s}
+    result = {"kind": kind, "multitask_s": multitask_s, "adapters_per_s": sampled / sample_s}
     for group in ("held_out", "seen"):
         rs = [r for r in rows if r["group"] == group]
         ratios = [r["ratio"] for r in rs]
@@ -130,9 +142,7 @@ def main() -> None:
             result[group][f"beats_{ref}"] = sum(r["gen_mean"] > r[ref] for r in rs) / len(rs)
         if group == "seen":
             result[group]["as_new"] = statistics.mean(r["as_new"] for r in rs if r["as_new"] is not None)
-    if args.speed:
-        result["build_speed"] = speed(zoo, args.speed, args.speed_epochs)
-    print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":

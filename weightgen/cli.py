@@ -256,7 +256,9 @@ def eval_cmd(
 @app.command("quickstart")
 def quickstart(
     num_samples: int = typer.Option(16, "-n", "--num-samples", help="Samples drawn for the held-out prompt."),
-    out: Path = typer.Option(Path("runs/samples/quickstart"), "--out", help="Folder for the sampled checkpoints."),
+    out: Path = typer.Option(None, "--out", help="Folder for the samples (default runs/samples/quickstart[-lora])."),
+    lora: bool = typer.Option(False, "--lora", help="The LoRA path instead: a LoRA zoo on a ViT base, a generator "
+                              "over its adapters, PEFT adapters for a held-out shift."),
 ):
     """Build the default zoo, train the default generators into the cache folder (WEIGHTGEN_HOME,
     default ~/.cache/weightgen), then sample and evaluate a held-out prompt. Re-run to resume."""
@@ -264,16 +266,25 @@ def quickstart(
 
     from weightgen.generate import check_writable, sample_to_folder, summary
     from weightgen.home import home, load_generator
-    from weightgen.quickstart import run_stages, stages
+    from weightgen.quickstart import lora_stages, run_stages, stages
     from weightgen.tasks import get_task
     from weightgen.zoo.store import ZooStore
 
-    check_writable(out)
+    out = check_writable(out or Path("runs/samples/quickstart" + ("-lora" if lora else "")))
     start = time.perf_counter()
-    all_stages, paths = stages()
-    console.print(f"weightgen quickstart: everything goes to {home()} (set WEIGHTGEN_HOME to change it)")
-    seconds = run_stages(all_stages, lambda line: console.rule(line))
     _quiet_loading()
+    all_stages, paths = lora_stages() if lora else stages()
+    console.print(f"weightgen quickstart{' --lora' if lora else ''}: everything goes to {home()} "
+                  "(set WEIGHTGEN_HOME to change it)")
+    seconds = run_stages(all_stages, lambda line: console.rule(line))
+    if lora:
+        held = sorted(ZooStore(paths["zoo"]).held_out)
+        prompt = get_task(held[0]).description
+        console.rule(f"[{len(all_stages) + 1}/{len(all_stages) + 1}] PEFT adapters for a held-out shift: \"{prompt}\"")
+        pipe, _, path = load_generator(paths["generator"], None)
+        _sample_adapters(pipe, path, prompt, None, out, num_samples, 0, None, None, None, False, False)
+        console.print(f"quickstart --lora done in {(time.perf_counter() - start) / 60:.1f} min")
+        return
     # a held-out 3-class task: harder than a pair of digits, and the README's running example
     held = sorted(ZooStore(paths["zoo"]).held_out, key=lambda t: (abs(len(get_task(t).classes) - 3), t))
     task = get_task(held[0])

@@ -7,7 +7,11 @@ train/train_set_diffusion.py (configs/generator/set-diffusion-digits.yaml): the 
 diffusion generator, which needs no encoder and no closed-form mean, and samples any MLP width.
 The older arch-indexed generators (train_diffusion.py, train_autoregressive.py) generate only with
 their closed-form task mean switched on, so quickstart no longer builds them.
-A stage whose output is complete is skipped, and an interrupted one resumes (the zoo skips finished
+`weightgen quickstart --lora` runs the LoRA path instead (`lora_stages`): the LoRA zoo of
+configs/zoo/digits-lora-quickstart.yaml (its ViT base is pretrained and cached first) and the
+diffusion generator over its adapters (train/train_diffusion.py with
+configs/generator/lora-diffusion-digits.yaml, shortened to fit the budget), then PEFT adapters for a
+held-out shift. A stage whose output is complete is skipped, and an interrupted one resumes (the zoo skips finished
 shards; the train scripts restart from their newest accelerate checkpoint), so re-running the
 command after Ctrl-C finishes the job. A complete stage that was trained with another config than
 today's default (a cache folder from an older weightgen), or on an upstream stage that was just
@@ -103,6 +107,32 @@ def stages(root: Path | None = None) -> tuple[list[Stage], dict[str, Path]]:
                 CONFIGS / "generator" / "set-diffusion-digits.yaml", "diffusion", "model_index.json", zoo_stage,
                 zoo=paths["zoo"]),
     ], paths
+
+
+def lora_stages(root: Path | None = None) -> tuple[list[Stage], dict[str, Path]]:
+    """The LoRA path's stages (module docstring) and the folders they fill."""
+    root = root or home()
+    paths = {"zoo": root / "zoo" / "digits-lora-quickstart", "generator": root / "generators" / "lora-diffusion"}
+    zoo_cfg = load_config(ZooConfig, CONFIGS / "zoo" / "digits-lora-quickstart.yaml")
+    module = train_script("diffusion")
+    cfg = _config(CONFIGS / "generator" / "lora-diffusion-digits.yaml", module.DiffusionConfig, zoo=paths["zoo"],
+                  out=paths["generator"], steps=LORA_QUICKSTART_STEPS)
+    zoo_stage = f"LoRA zoo: {len(zoo_cfg.tasks.ids) * zoo_cfg.seeds} adapters of a ViT base on {len(zoo_cfg.tasks.ids)} shift tasks"
+    folder = paths["generator"]
+    return [
+        Stage(zoo_stage, lambda: _zoo_complete(paths["zoo"]), lambda: _build(zoo_cfg, paths["zoo"])),
+        Stage("LoRA diffusion generator", lambda: (folder / "model_index.json").is_file(), lambda: module.main(cfg),
+              lambda: not built_with(folder, cfg), (zoo_stage,), folder),
+    ], paths
+
+
+LORA_QUICKSTART_STEPS = 1500  # what fits the LoRA path's 5-minute budget on 2 CPU cores (RESULTS.md, issue 16)
+
+
+def _build(cfg: ZooConfig, out: Path) -> None:
+    from weightgen.zoo.build import build_zoo
+
+    build_zoo(cfg, out)
 
 
 def _zoo_complete(path: Path) -> bool:
