@@ -154,3 +154,16 @@ def test_ar_generator_samples_adapters(debug_lora_ar, run_cli, tmp_path):
     assert json.loads(stdout)["report"] is None and (tmp_path / "s" / "sample-001" / "adapter_config.json").is_file()
     code, _, err = run_cli("sample", "inverted digits", "--generator", debug_lora_ar, "--steps", 3, "--out", tmp_path / "t")
     assert code == 2 and "--steps" in err
+
+
+def test_quickstart_lora_stages_are_the_real_configs(tmp_path):
+    from weightgen.config import ZooConfig, load_config
+    from weightgen.quickstart import CONFIGS, lora_stages
+
+    all_stages, paths = lora_stages(tmp_path)
+    assert [s.done() for s in all_stages] == [False, False]
+    assert all_stages[1].after == (all_stages[0].name,) and paths["generator"].parent == tmp_path / "generators"
+    cfg = load_config(ZooConfig, CONFIGS / "zoo" / "digits-lora-quickstart.yaml")
+    full = load_config(ZooConfig, CONFIGS / "zoo" / "digits-lora.yaml")
+    assert cfg.init == full.init == "lora" and cfg.lora == full.lora
+    assert set(cfg.held_out) <= set(cfg.tasks.ids) and len(cfg.tasks.ids) * cfg.seeds < len(full.tasks.ids) * full.seeds

@@ -296,3 +296,19 @@ def test_encoded_zoo_holds_every_arch_without_held_out_models(train_script, debu
     others = [sample_batch(data, table, 6, 5, 0, 1), sample_batch(data, table, 6, 6, 0, 0)]
     for other in others:
         assert other[0] is not a[0] or not torch.equal(other[1], a[1])
+
+
+def test_resuming_a_checkpoint_of_another_shape_is_one_clear_error(debug_zoo, train_script, tmp_path, repo_root):
+    """A run whose checkpoints were saved by a differently shaped model (another config, or a weightgen
+    whose task code was shorter) is refused with the reason, not a load_state_dict traceback."""
+    from weightgen.errors import GeneratorError
+
+    script = train_script("set_diffusion")
+    config = repo_root / "configs" / "generator" / "debug-set-diffusion.yaml"
+    out = tmp_path / "gen"
+    script.main(load_config(script.SetDiffusionConfig, config, [f"zoo={debug_zoo.root}", f"out={out}", "steps=1"]))
+    assert latest_checkpoint(out)[0] is not None
+    wider = load_config(script.SetDiffusionConfig, config, [f"zoo={debug_zoo.root}", f"out={out}", "steps=2",
+                                                            "attention_head_dim=12"])
+    with pytest.raises(GeneratorError, match="another shape"):
+        script.main(wider)

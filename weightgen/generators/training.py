@@ -168,7 +168,12 @@ def resume(accelerator, out: str | Path) -> int:
 
     ckpt, start = latest_checkpoint(out)
     if ckpt is not None:
-        accelerator.load_state(str(ckpt))
+        try:
+            accelerator.load_state(str(ckpt))
+        except RuntimeError as e:  # e.g. a run started before the task code grew (weightgen.tasks.TASK_CODE_DIM)
+            what = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), "shapes differ")
+            raise GeneratorError(f"{ckpt} holds a model of another shape than this config builds ({what}); "
+                                 f"train into a new out folder, or remove {Path(out) / 'checkpoints'}") from e
         accelerator.print(f"resumed from {ckpt} (step {start})")
     return start
 
