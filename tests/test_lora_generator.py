@@ -114,10 +114,13 @@ def test_cli_samples_peft_adapters_and_reports_the_references(debug_lora_generat
     report = result["report"]
     assert report["unseen"]  # digits-rotate-30 is the debug zoo's held-out task
     assert set(report["baselines"]) == {"base", "retrieval", "mean+gaussian", "multitask"}
-    assert report["zoo"]["stats"]["n"] == 2 and report["generated"]["stats"]["n"] == 3
+    assert report["trained"]["stats"]["n"] == 2 and report["generated"]["stats"]["n"] == 3
     assert (debug_lora_generator / "references" / "multitask" / "adapter_config.json").is_file()
     code, stdout, err = run_cli("report", out)
     assert code == 0, err
+    md = (out / "report.md").read_text()
+    assert "| trained |" in md and "| multitask |" in md and "| generated |" in md
+    assert (out / "digits-rotate-30-0-accuracy.png").is_file() and (out / "digits-rotate-30-0-novelty.png").is_file()
     for args, words in [(["--arch", "MLP 64-32-10"], "--arch"), ([], "trained on")]:
         prompt = "classify iris flowers" if not args else "digits rotated by 30 degrees"
         code, _, err = run_cli("sample", prompt, "--generator", debug_lora_generator, "-n", 1, "--out", tmp_path / "x", *args)

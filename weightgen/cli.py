@@ -142,7 +142,7 @@ def _sample_adapters(pipe, path, prompt, arch, out, num_samples, seed, steps, gu
     report = result["report"]
     if report:
         table = Table("adapters", "n", "mean acc", "min", "max", "as new")
-        for name, g in [("generated", report["generated"]), ("trained LoRA", report["zoo"]), *report["baselines"].items()]:
+        for name, g in [("generated", report["generated"]), ("trained LoRA", report["trained"]), *report["baselines"].items()]:
             st = g["stats"]
             table.add_row(name, str(st["n"]), _fmt(st["mean"]), _fmt(st["min"]), _fmt(st["max"]), _fmt(g["novelty"]["as_new"], 2))
         console.print(table)

@@ -178,7 +178,8 @@ def _group(zoo: LoRAZoo, factors: dict[str, torch.Tensor], task: TaskSpec, zoo_p
     if zoo_probe is not None and ok.any():
         f = functional_novelty(probe_predictions(zoo, factors, task), zoo_probe, leave_one_out=itself)["disagreement"]
         good = f.isfinite()
-        novelty["disagreement"] = {"median": f[good].median().item()} if good.any() else None
+        novelty["disagreement"] = {"per_model": [None if v != v else v for v in f.tolist()],
+                                   "median": f[good].median().item()} if good.any() else None
         if loo is not None and good.any():
             novelty["as_new"] = (f[good] >= loo).double().mean().item()
     return {"stats": accuracy_stats(acc, ok), "acc": [None if a != a else a for a in acc.tolist()], "novelty": novelty}
@@ -208,14 +209,14 @@ def evaluate_adapter_samples(zoo: LoRAZoo, factors: dict[str, torch.Tensor], tas
         "task": task.id, "arch": f"LoRA r{zoo.spec.rank} on the zoo's ViT base", "metric": "accuracy", "split": "test",
         "unseen": task.id in zoo.store.held_out or not rows, "retrieval_task": near,
         "generated": _group(zoo, factors, task, zoo_probe, loo),
-        "zoo": _group(zoo, trained, task, zoo_probe, loo, itself=True),
+        "trained": _group(zoo, trained, task, zoo_probe, loo, itself=True),
         "baselines": {k: _group(zoo, v, task, zoo_probe, loo) for k, v in baselines.items()},
         "probe": {"size": len(probe_set(task)[0]), "zoo_error_median": zoo_probe["wrong"].double().mean(1).median().item(),
                   "loo_iou_median": None, "loo_disagreement_median": loo.item(),
                   "as_new_rule": "disagreement with the nearest trained LoRA of the task >= their leave-one-out median"},
         "notes": notes,
     }
-    gen, ref = report["generated"]["stats"]["mean"], report["zoo"]["stats"]["mean"]
+    gen, ref = report["generated"]["stats"]["mean"], report["trained"]["stats"]["mean"]
     report["ratio_to_trained"] = None if gen is None or not ref else gen / ref
     report["margins"] = {k: None if gen is None else gen - v["stats"]["mean"] for k, v in report["baselines"].items()}
     return report

@@ -19,7 +19,8 @@ from weightgen.errors import WeightgenError
 # fixed colours, so a group looks the same in every plot and report
 COLOURS = {"generated": "#d62728", "zoo": "#1f77b4", "random_init": "#7f7f7f", "scratch": "#2ca02c",
            "noise": "#ff7f0e", "average": "#9467bd", "gaussian": "#8c564b", "retrieval": "#e377c2",
-           "mean": "#17becf", "mean+gaussian": "#bcbd22"}
+           "mean": "#17becf", "mean+gaussian": "#bcbd22", "trained": "#1f77b4", "base": "#7f7f7f",
+           "multitask": "#9467bd"}  # the last three: LoRA reports (trained LoRAs take the zoo's colour)
 
 
 def load_reports(folder: str | Path) -> list[dict]:
@@ -44,7 +45,7 @@ def load_reports(folder: str | Path) -> list[dict]:
 
 def groups(report: dict) -> dict[str, dict]:
     """name -> group of models ({"stats", "acc", "novelty"}) for every group the report holds."""
-    out = {name: report.get(name) for name in ("generated", "zoo", "scratch", "random_init")}
+    out = {name: report.get(name) for name in ("generated", "zoo", "trained", "scratch", "random_init")}
     out.update(report.get("baselines") or {})
     return {k: v for k, v in out.items() if v}
 
