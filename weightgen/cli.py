@@ -58,10 +58,19 @@ def parse(
 
 @app.command("inspect")
 def inspect(path: Path = typer.Argument(..., help="Checkpoint file or hub-style folder.")):
-    """Print a checkpoint's arch, task, prompt and metadata."""
+    """Print a checkpoint's arch, task, prompt and metadata (or a PEFT adapter folder's)."""
     from weightgen.checkpoint import load_state_dict
     from weightgen.specs import ArchSpec
+    from weightgen.zoo.lora_adapter import META_NAME, read_adapter
 
+    if (path / META_NAME).is_file():  # a LoRA adapter written by `sample` or `zoo export`
+        factors, meta = read_adapter(path)
+        table = Table(show_header=False)
+        table.add_row("adapter", f"PEFT LoRA, {sum(f.numel() for f in factors.values()):,} numbers in {len(factors)} factors")
+        for k, v in sorted(meta.items()):
+            table.add_row(k, escape(str(v)))
+        console.print(table)
+        return
     sd, meta = load_state_dict(path)
     arch = ArchSpec.from_dict(meta["arch"])
     table = Table(show_header=False)
