@@ -143,6 +143,13 @@ def test_quantizer_keeps_the_training_adapters_it_spans(debug_lora_zoo):
     assert err < 0.01
     with pytest.raises(Exception, match="principal directions"):
         AdapterQuantizer(debug_lora_zoo.manifest["lora"], components=len(ids)).fit(f)
+    # the continuous coefficients the diffusion generator can diffuse instead of delta tokens
+    from weightgen.encoders.adapter_quantizer import AdapterPCA
+
+    pca = AdapterPCA(debug_lora_zoo.manifest["lora"], components=len(ids) - 1, per_token=len(ids) - 1).fit(f)
+    tokens = pca.encode(f)
+    assert tokens.shape == (len(ids), 1, len(ids) - 1) and torch.allclose(tokens.std(0), torch.ones(1), atol=1e-4)
+    assert (enc.encode(pca.decode(tokens)) - enc.encode(f)).norm() / enc.encode(f).norm() < 1e-4
 
 
 def test_ar_generator_samples_adapters(debug_lora_ar, run_cli, tmp_path):

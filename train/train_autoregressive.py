@@ -50,8 +50,8 @@ class ARConfig(GeneratorTrainConfig):
     prefix_len: int = 32  # prompt token states kept as prefix embeddings
     dropout: float = 0.0
     task_code: bool = True  # the task's structure joins the prompt prefix (generators/autoregressive.py)
-    components: int = 96  # LoRA zoos: principal directions of the adapter deltas, one id each
-    bins: int = 64  # LoRA zoos: uniform bins per direction
+    components: int = 64  # LoRA zoos: principal directions of the adapter deltas, one id each
+    bins: int = 32  # LoRA zoos: uniform bins per direction (the LM's vocabulary is components x bins)
 
 
 class ARModel(torch.nn.Module):

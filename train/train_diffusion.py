@@ -21,6 +21,7 @@ from accelerate import Accelerator
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from rich.progress import Progress
 
+from weightgen.encoders.adapter_quantizer import AdapterPCA
 from weightgen.encoders.autoencoder import WeightAutoencoder
 from weightgen.errors import ConfigError
 from weightgen.generators.diffusion import WeightDiffusionPipeline, with_null_prompt
@@ -62,6 +63,7 @@ class DiffusionConfig(GeneratorTrainConfig):
     conditional_mean: bool = True  # diffuse the residual around a task-code ridge mean (generators/dit.py)
     mean_ridge: float = 1.0  # ridge penalty of that mean
     task_offsets: bool = True  # seen tasks also keep their own (shrunk) offset from it (generators/dit.py)
+    latent_components: int = 0  # LoRA zoos: > 0 diffuses this many principal coefficients of the deltas
 
 
 def main(cfg: DiffusionConfig) -> None:
@@ -126,7 +128,11 @@ def lora_setup(cfg: DiffusionConfig):
     """Adapter tokens of a LoRA zoo, and a denoiser over them (one 'arch': the base; a token's layer is
     its module, its position its row in that module)."""
     encoder, data, table = load_lora_zoo(cfg.zoo)
-    denoiser = WeightDiT(latent_dim=encoder.token_dim, n_archs=1, n_layers=len(encoder.targets),
+    if cfg.latent_components:  # a closed-form linear encoder (weightgen/encoders/adapter_quantizer.py)
+        factors = encoder.decode(data[0].codes)
+        encoder = AdapterPCA(encoder.config.lora, components=cfg.latent_components).fit(factors)
+        data[0].codes = encoder.encode(factors)
+    denoiser = WeightDiT(latent_dim=encoder.token_dim, n_archs=1, n_layers=int(encoder.metadata[:, 0].max()) + 1,
                          n_positions=encoder.num_positions, num_layers=cfg.num_layers,
                          num_attention_heads=cfg.num_attention_heads, attention_head_dim=cfg.attention_head_dim,
                          text_dim=table.tokens.shape[-1], max_tokens=encoder.num_tokens, task_kinds=task_kinds(data),

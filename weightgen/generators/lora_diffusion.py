@@ -5,7 +5,8 @@ the canonical adapter tokens of `weightgen.encoders.adapter.AdapterEncoder` (one
 component of each adapted module). The task code (which shifts, and their levels) joins the adaptive
 norms, and no closed-form mean is used: the denoiser carries the whole prompt -> adapter map.
 
-Components: `denoiser`, `scheduler`, `encoder` (tokens <-> factors) and `base` (the frozen
+Components: `denoiser`, `scheduler`, `encoder` (tokens <-> factors: delta tokens, or with
+`latent_components` the principal coefficients of `AdapterPCA`) and `base` (the frozen
 transformers model the adapters belong to, saved with `save_pretrained`); samples come back as
 factors, which `weightgen.zoo.lora_adapter.save_adapter` writes as PEFT adapter folders.
 """
@@ -18,6 +19,7 @@ import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from weightgen.encoders.adapter import AdapterEncoder
+from weightgen.encoders.adapter_quantizer import AdapterPCA
 from weightgen.errors import ArchError, TaskError
 from weightgen.generators.common import check_range, sample_generator
 from weightgen.generators.diffusion import WeightDiffusionPipeline
@@ -70,7 +72,7 @@ class LoRADiffusionPipeline(WeightDiffusionPipeline):
     }
     train_hint = TRAIN_HINT
 
-    def __init__(self, denoiser: WeightDiT, scheduler: SchedulerMixin, encoder: AdapterEncoder, base):
+    def __init__(self, denoiser: WeightDiT, scheduler: SchedulerMixin, encoder: AdapterEncoder | AdapterPCA, base):
         super().__init__(denoiser=denoiser, scheduler=scheduler, encoder=encoder)
         self.register_modules(base=base)
 
