@@ -81,7 +81,7 @@ def test_training_moves_accuracy_off_the_base(debug_lora_zoo):
     rec = next(r for r in store.records if r["task"] == "digits-invert")
     zero = {n: torch.zeros(1, *s) for n, s in factor_shapes(base, spec).items()}
     base_acc = evaluate_adapters(base, spec, zero, [get_task("digits-invert")])["acc"].item()
-    assert base_acc < 0.2 < rec["test_acc"]  # the base reads inverted digits at about chance
+    assert base_acc < 0.1 and rec["test_acc"] > base_acc + 0.1  # the base reads inverted digits below chance
 
 
 def test_peft_round_trip_gives_the_same_logits(debug_lora_zoo, tmp_path):
