@@ -179,3 +179,17 @@ def test_quickstart_lora_stages_are_the_real_configs(tmp_path):
     full = load_config(ZooConfig, CONFIGS / "zoo" / "digits-lora.yaml")
     assert cfg.init == full.init == "lora" and cfg.lora == full.lora
     assert set(cfg.held_out) <= set(cfg.tasks.ids) and len(cfg.tasks.ids) * cfg.seeds < len(full.tasks.ids) * full.seeds
+
+
+def test_diffusion_over_raw_delta_tokens_trains_and_samples(debug_lora_zoo, train_script, repo_root, tmp_path):
+    """latent_components: 0 diffuses the delta tokens themselves (the encoder the PCA one is built on)."""
+    from weightgen.config import load_config
+    from weightgen.home import load_generator
+
+    script = train_script("diffusion")
+    script.main(load_config(script.DiffusionConfig, repo_root / "configs" / "generator" / "debug-lora-diffusion.yaml",
+                            [f"zoo={debug_lora_zoo.root}", f"out={tmp_path / 'g'}", "latent_components=0", "steps=2"]))
+    pipe, _, _ = load_generator(tmp_path / "g", None)
+    assert type(pipe.encoder).__name__ == "AdapterEncoder"
+    out = pipe("inverted digits", num_samples=2, num_inference_steps=2, generator=0)
+    assert out.num_finite == 2 and out.factors["classifier.lora_B"].shape == (2, 10, 2)

@@ -64,6 +64,7 @@ class DiffusionConfig(GeneratorTrainConfig):
     mean_ridge: float = 1.0  # ridge penalty of that mean
     task_offsets: bool = True  # seen tasks also keep their own (shrunk) offset from it (generators/dit.py)
     latent_components: int = 0  # LoRA zoos: > 0 diffuses this many principal coefficients of the deltas
+    latent_per_token: int = 8  # LoRA zoos: coefficients per denoiser token
 
 
 def main(cfg: DiffusionConfig) -> None:
@@ -130,7 +131,8 @@ def lora_setup(cfg: DiffusionConfig):
     encoder, data, table = load_lora_zoo(cfg.zoo)
     if cfg.latent_components:  # a closed-form linear encoder (weightgen/encoders/adapter_quantizer.py)
         factors = encoder.decode(data[0].codes)
-        encoder = AdapterPCA(encoder.config.lora, components=cfg.latent_components).fit(factors)
+        encoder = AdapterPCA(encoder.config.lora, components=cfg.latent_components,
+                             per_token=cfg.latent_per_token).fit(factors)
         data[0].codes = encoder.encode(factors)
     denoiser = WeightDiT(latent_dim=encoder.token_dim, n_archs=1, n_layers=int(encoder.metadata[:, 0].max()) + 1,
                          n_positions=encoder.num_positions, num_layers=cfg.num_layers,
