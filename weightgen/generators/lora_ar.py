@@ -15,14 +15,13 @@ from transformers import GPT2LMHeadModel
 from weightgen.encoders.adapter_quantizer import AdapterQuantizer
 from weightgen.generators.autoregressive import WeightARPipeline, WeightARPrefix
 from weightgen.generators.common import check_range, sample_generator
-from weightgen.generators.lora_diffusion import GeneratedAdapters, lora_task
+from weightgen.generators.lora_diffusion import AdapterPipelineMixin, GeneratedAdapters, lora_task
 from weightgen.tasks import TASK_CODE_DIM, task_code
-from weightgen.zoo.lora_base import weights_sha256
 
 TRAIN_HINT = "`python train/train_autoregressive.py configs/generator/lora-ar-digits.yaml`"
 
 
-class LoRAARPipeline(WeightARPipeline):
+class LoRAARPipeline(AdapterPipelineMixin, WeightARPipeline):
     files = {
         "lm": ["config.json", "model.safetensors"],
         "prefix": ["config.json", "diffusion_pytorch_model.safetensors"],
@@ -34,20 +33,6 @@ class LoRAARPipeline(WeightARPipeline):
     def __init__(self, lm: GPT2LMHeadModel, prefix: WeightARPrefix, tokenizer: AdapterQuantizer, base):
         super().__init__(lm=lm, prefix=prefix, tokenizer=tokenizer)
         self.register_modules(base=base)
-
-    @property
-    def archs(self) -> list:
-        return []  # no MLP archs: every sample is an adapter of `base`
-
-    @property
-    def lora(self) -> dict:
-        return self.tokenizer.config.lora
-
-    def check_base(self) -> None:
-        from weightgen.errors import ArchError
-
-        if weights_sha256(self.base.state_dict()) != self.lora["base_sha256"]:
-            raise ArchError("this generator's base model is not the one its adapters were trained on (sha256 differs)")
 
     @torch.no_grad()
     def __call__(self, prompt: str, num_samples: int = 1, temperature: float = 0.7, top_k: int = 0, top_p: float = 1.0,

@@ -63,7 +63,25 @@ def lora_task(prompt: str, task_kinds: list[str] | None) -> TaskSpec:
     return task
 
 
-class LoRADiffusionPipeline(WeightDiffusionPipeline):
+class AdapterPipelineMixin:
+    """What both LoRA pipelines share: no MLP archs, the zoo's LoRA description (read from the
+    component named by `codec`), and the base check."""
+
+    @property
+    def archs(self) -> list:
+        return []  # no MLP archs: every sample is an adapter of `base`
+
+    @property
+    def lora(self) -> dict:
+        return getattr(self, self.codec).config.lora
+
+    def check_base(self) -> None:
+        """Refuse to run on a base other than the one the zoo's adapters were trained on."""
+        if weights_sha256(self.base.state_dict()) != self.lora["base_sha256"]:
+            raise ArchError("this generator's base model is not the one its adapters were trained on (sha256 differs)")
+
+
+class LoRADiffusionPipeline(AdapterPipelineMixin, WeightDiffusionPipeline):
     files = {
         "denoiser": ["config.json", "diffusion_pytorch_model.safetensors"],
         "encoder": ["config.json", "diffusion_pytorch_model.safetensors"],
@@ -75,19 +93,6 @@ class LoRADiffusionPipeline(WeightDiffusionPipeline):
     def __init__(self, denoiser: WeightDiT, scheduler: SchedulerMixin, encoder: AdapterEncoder | AdapterPCA, base):
         super().__init__(denoiser=denoiser, scheduler=scheduler, encoder=encoder)
         self.register_modules(base=base)
-
-    @property
-    def archs(self) -> list:
-        return []  # no MLP archs: every sample is an adapter of `base`
-
-    @property
-    def lora(self) -> dict:
-        return self.encoder.config.lora
-
-    def check_base(self) -> None:
-        """Refuse to run on a base other than the one the zoo's adapters were trained on."""
-        if weights_sha256(self.base.state_dict()) != self.lora["base_sha256"]:
-            raise ArchError("this generator's base model is not the one its adapters were trained on (sha256 differs)")
 
     @torch.no_grad()
     def __call__(self, prompt: str, num_samples: int = 1, num_inference_steps: int = 50, guidance_scale: float = 1.0,
