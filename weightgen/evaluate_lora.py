@@ -27,7 +27,7 @@ from weightgen.novelty import functional_novelty
 from weightgen.probe import probe_set
 from weightgen.space.task_mean import TaskMean
 from weightgen.tasks import TASK_CODE_DIM, TaskSpec, get_task, task_code
-from weightgen.zoo.build import LORA_ARCH, recipe_of
+from weightgen.zoo.build import LORA_ARCH, lora_init_generators, recipe_of
 from weightgen.zoo.lora_base import images
 from weightgen.zoo.lora_build import zoo_base
 from weightgen.zoo.lora_trainer import (
@@ -78,10 +78,10 @@ class LoRAZoo:
         return sorted({r["task"] for r in self.records if not r["held_out"]})
 
     def train(self, tasks: list[TaskSpec], seeds: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
-        """Adapters trained here with the zoo's recipe (seeds per task), for tasks the zoo lacks."""
+        """Adapters trained here with the zoo's recipe and init mode (seeds per task), for tasks the zoo lacks."""
         cfg = from_dict(ZooConfig, self.store.manifest["config"])
         todo = [t for t in tasks for _ in range(seeds)]
-        gens = [torch.Generator().manual_seed(seed * 7919 + i) for i in range(len(todo))]
+        gens = lora_init_generators(cfg, [f"reference-{seed}-{i}" for i in range(len(todo))])
         init = init_factors(factor_shapes(self.base, self.spec), gens)
         return train_lora_batched(self.base, self.spec, todo, init, recipe_of(cfg), torch.Generator().manual_seed(seed))[0]
 

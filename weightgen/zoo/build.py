@@ -149,6 +149,12 @@ def _init(cfg: ZooConfig, arch: ArchSpec, template: int, ids: list[int]) -> dict
     return {n: torch.cat([p[n] for p in parts]) for n in parts[0]}
 
 
+def lora_init_generators(cfg: ZooConfig, ids: list) -> list[torch.Generator]:
+    """The generators LoRA adapters `ids` draw their A from: one seed for all (lora.init shared),
+    else one per id. Adapters trained later with the zoo's recipe pass ids no zoo model has."""
+    return [torch.Generator().manual_seed(_seed(cfg, "init", "lora" if cfg.lora.init == "shared" else i)) for i in ids]
+
+
 def _saved_config(store: ZooStore) -> dict | None:
     """The config a zoo folder was built from, with keys added since then at their defaults (so a
     zoo from an older weightgen resumes), or None if it is not a zoo config at all."""
@@ -202,9 +208,7 @@ def build_zoo(cfg: ZooConfig, out: str | Path, progress: bool = True) -> ZooStor
 
             if cfg.init == "lora":
                 frozen = load_base(store.root / "base", manifest["lora"]["base_sha256"])
-                shared = cfg.lora.init == "shared"
-                init = init_factors(factor_shapes(frozen, cfg.lora),
-                                    [torch.Generator().manual_seed(_seed(cfg, "init", "lora" if shared else i)) for i in ids])
+                init = init_factors(factor_shapes(frozen, cfg.lora), lora_init_generators(cfg, ids))
                 params, metrics = train_lora_batched(frozen, cfg.lora, tasks, init, recipe, g, on_step=step)
                 arch_meta = {"family": LORA_ARCH, "base_sha256": manifest["lora"]["base_sha256"]}
             else:
