@@ -78,6 +78,9 @@ def arch_status(spec, generator: Path | None) -> str | None:
         generator = default_generator("diffusion")
         if not (generator / "model_index.json").is_file():
             return None
+    if pipeline_class(generator) in LORA_PIPELINES:
+        return (f"{generator} makes LoRA adapters of its own base model, not MLPs: ask it for the task alone "
+                "(no architecture), and it writes PEFT adapters")
     archs, any_width = generator_archs(generator)
     if spec in archs:
         return f"seen: {generator} trained on {spec.describe()}"
