@@ -121,6 +121,8 @@ def test_cli_samples_peft_adapters_and_reports_the_references(debug_lora_generat
     md = (out / "report.md").read_text()
     assert "| trained |" in md and "| multitask |" in md and "| generated |" in md
     assert (out / "digits-rotate-30-0-accuracy.png").is_file() and (out / "digits-rotate-30-0-novelty.png").is_file()
+    code, stdout, err = run_cli("parse", "digits rotated by 30 degrees", "--generator", debug_lora_generator)
+    assert code == 0 and "LoRA adapters of its own base" in " ".join(stdout.split()), err
     code, stdout, err = run_cli("inspect", out / "best")
     assert code == 0 and "digits-rotate-30" in stdout and "base_sha256" in stdout, err
     for args, words in [(["--arch", "MLP 64-32-10"], "--arch"), ([], "trained on")]:
