@@ -9,8 +9,8 @@ module's delta (the last one zero-padded), so an adapter is sum(ceil(out_m / row
 rows x max(in_m), with metadata (module index, 0, chunk) saying where each sits. Four rows a token
 keeps the denoiser's sequence at 35 tokens for the default base instead of 138. The delta has no symmetry left, and it is linear in what the adapter does to the module, so
 averages and interpolations of deltas are meaningful where averages of factors are not
-(benchmarks/RESULTS.md, issue 16: averaging the four adapters of a task keeps 0.63-0.96 of their
-accuracy as deltas, and falls to 0.05-0.92 as SVD-canonical factors).
+(benchmarks/RESULTS.md, issue 16: the average of a task's four adapters scores 0.63-0.96 accuracy
+as deltas and 0.05-0.92 as SVD-canonical factors, where the adapters themselves score 0.81-0.95).
 
 Decoding returns rank-r factors again: the best rank-r approximation of each generated delta
 (Eckart-Young, truncated SVD) in `canonical` form, B' = U sqrt(S), A' = sqrt(S) V^T, ordered by
