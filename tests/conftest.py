@@ -149,49 +149,39 @@ def debug_generators(debug_encoders, tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+def _train_debug(tmp_path_factory, script: str, config_cls: str, config: str, zoo: Path, name: str) -> Path:
+    """Run train/train_SCRIPT.py's main in-process on `zoo` with configs/generator/CONFIG (one thread)."""
+    module = load_train_script(script)
+    out = tmp_path_factory.mktemp("generators") / name
+    with one_thread():
+        module.main(load_config(getattr(module, config_cls), ROOT / "configs" / "generator" / config,
+                                [f"zoo={zoo}", f"out={out}"]))
+    return out
+
+
 @pytest.fixture(scope="session")
 def debug_set_generator(debug_zoo, tmp_path_factory) -> Path:
     """The debug neuron-set diffusion generator (configs/generator/debug-set-diffusion.yaml, 2 steps)
     trained in-process once on the debug zoo's MLPs. Do not modify it."""
-    script = load_train_script("set_diffusion")
-    out = tmp_path_factory.mktemp("generators") / "set-diffusion"
-    with one_thread():
-        script.main(load_config(script.SetDiffusionConfig, ROOT / "configs" / "generator" / "debug-set-diffusion.yaml",
-                                [f"zoo={debug_zoo.root}", f"out={out}"]))
-    return out
+    return _train_debug(tmp_path_factory, "set_diffusion", "SetDiffusionConfig", "debug-set-diffusion.yaml", debug_zoo.root, "set-diffusion")
 
 
 @pytest.fixture(scope="session")
 def debug_set_ar(debug_zoo, tmp_path_factory) -> Path:
     """The debug neuron-set AR generator (configs/generator/debug-set-ar.yaml, 2 steps) trained
     in-process once on the debug zoo's MLPs. Do not modify it."""
-    script = load_train_script("set_ar")
-    out = tmp_path_factory.mktemp("generators") / "set-ar"
-    with one_thread():
-        script.main(load_config(script.SetARConfig, ROOT / "configs" / "generator" / "debug-set-ar.yaml",
-                                [f"zoo={debug_zoo.root}", f"out={out}"]))
-    return out
+    return _train_debug(tmp_path_factory, "set_ar", "SetARConfig", "debug-set-ar.yaml", debug_zoo.root, "set-ar")
 
 
 @pytest.fixture(scope="session")
 def debug_lora_generator(debug_lora_zoo, tmp_path_factory) -> Path:
     """The debug LoRA diffusion generator (configs/generator/debug-lora-diffusion.yaml, 4 steps) trained
     in-process once on the debug LoRA zoo, through the same train script as weight generators."""
-    script = load_train_script("diffusion")
-    out = tmp_path_factory.mktemp("generators") / "lora-diffusion"
-    with one_thread():
-        script.main(load_config(script.DiffusionConfig, ROOT / "configs" / "generator" / "debug-lora-diffusion.yaml",
-                                [f"zoo={debug_lora_zoo.root}", f"out={out}"]))
-    return out
+    return _train_debug(tmp_path_factory, "diffusion", "DiffusionConfig", "debug-lora-diffusion.yaml", debug_lora_zoo.root, "lora-diffusion")
 
 
 @pytest.fixture(scope="session")
 def debug_lora_ar(debug_lora_zoo, tmp_path_factory) -> Path:
     """The debug LoRA AR generator (configs/generator/debug-lora-ar.yaml, 3 steps), through the same
     train script as the weight AR generator."""
-    script = load_train_script("autoregressive")
-    out = tmp_path_factory.mktemp("generators") / "lora-ar"
-    with one_thread():
-        script.main(load_config(script.ARConfig, ROOT / "configs" / "generator" / "debug-lora-ar.yaml",
-                                [f"zoo={debug_lora_zoo.root}", f"out={out}"]))
-    return out
+    return _train_debug(tmp_path_factory, "autoregressive", "ARConfig", "debug-lora-ar.yaml", debug_lora_zoo.root, "lora-ar")

@@ -16,7 +16,7 @@ leave-one-out median (`weightgen.novelty.functional_novelty`).
 
 from __future__ import annotations
 
-import statistics
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +31,7 @@ from weightgen.zoo.build import LORA_ARCH, lora_init_generators, recipe_of
 from weightgen.zoo.lora_base import images
 from weightgen.zoo.lora_build import zoo_base
 from weightgen.zoo.lora_trainer import (
+    adapters_finite,
     evaluate_adapters,
     factor_shapes,
     init_factors,
@@ -39,10 +40,6 @@ from weightgen.zoo.lora_trainer import (
     train_lora_batched,
 )
 from weightgen.zoo.store import ZooStore
-
-
-def stack(factors: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return {n: torch.stack([f[n] for f in factors]) for n in factors[0]}
 
 
 @dataclass
@@ -73,6 +70,18 @@ class LoRAZoo:
     def accuracy(self, factors: dict[str, torch.Tensor], task: TaskSpec, split: str = "test") -> torch.Tensor:
         n = len(next(iter(factors.values())))
         return evaluate_adapters(self.base, self.spec, factors, [task] * n, split)["acc"]
+
+    @functools.cached_property
+    def ridge(self) -> tuple[TaskMean, torch.Tensor, tuple[int, ...]]:
+        """mean+gaussian's closed-form part, fitted once: the ridge map from task code to the seen
+        adapters' flattened tokens, the residual std per coordinate, and the token shape."""
+        rows = [i for i, r in enumerate(self.records) if not r["held_out"]]
+        tokens = self.encoder.encode(self.pick(rows))  # (M, T, D)
+        codes = torch.stack([task_code(get_task(self.records[i]["task"])) for i in rows])
+        flat = tokens.flatten(1)
+        tm = TaskMean(1, TASK_CODE_DIM, flat.shape[1], 0)
+        tm.fit(0, flat, codes, 1.0)
+        return tm, (flat - tm(0, codes, flat.shape[1])).std(0), tuple(tokens.shape[1:])
 
     def seen_tasks(self) -> list[str]:
         return sorted({r["task"] for r in self.records if not r["held_out"]})
@@ -108,19 +117,13 @@ class _UnionTask:
         return self.x, self.y
 
 
-def mean_gaussian(zoo: LoRAZoo, task: TaskSpec, n: int, g: torch.Generator, ridge: float = 1.0) -> dict[str, torch.Tensor]:
+def mean_gaussian(zoo: LoRAZoo, task: TaskSpec, n: int, g: torch.Generator) -> dict[str, torch.Tensor]:
     """The closed-form baseline: ridge map from task code to the mean canonical adapter (fitted on
-    the seen tasks' adapters), plus per-coordinate Gaussian noise of the residual std."""
-    rows = [i for i, r in enumerate(zoo.records) if not r["held_out"]]
-    tokens = zoo.encoder.encode(zoo.pick(rows))  # (M, T, D)
-    codes = torch.stack([task_code(get_task(zoo.records[i]["task"])) for i in rows])
-    flat = tokens.flatten(1)
-    tm = TaskMean(1, TASK_CODE_DIM, flat.shape[1], 0)
-    tm.fit(0, flat, codes, ridge)
-    resid = flat - tm(0, codes, flat.shape[1])
-    mean = tm(0, task_code(task)[None], flat.shape[1])  # (1, T*D)
-    sample = mean + resid.std(0) * torch.randn(n, flat.shape[1], generator=g)
-    return zoo.encoder.decode(sample.view(n, *tokens.shape[1:]) * zoo.encoder.used)
+    the seen tasks' adapters, ridge 1), plus per-coordinate Gaussian noise of the residual std."""
+    tm, std, shape = zoo.ridge
+    mean = tm(0, task_code(task)[None], std.numel())  # (1, T*D)
+    sample = mean + std * torch.randn(n, std.numel(), generator=g)
+    return zoo.encoder.decode(sample.view(n, *shape) * zoo.encoder.used)
 
 
 def retrieval(zoo: LoRAZoo, task: TaskSpec) -> tuple[str, dict[str, torch.Tensor]]:
@@ -145,7 +148,7 @@ def probe_predictions(zoo: LoRAZoo, factors: dict[str, torch.Tensor], task: Task
         logits = model(pixel_values=images(x.repeat(k, 1))).logits.view(k, len(x), -1)
         preds.append(logits.argmax(-1))
     pred = torch.cat(preds)
-    ok = torch.stack([f.flatten(1).isfinite().all(1) for f in factors.values()]).all(0)
+    ok = adapters_finite(factors)
     return {"pred": torch.where(ok[:, None], pred, -1), "wrong": (pred != y) & ok[:, None], "ok": ok}
 
 
@@ -161,10 +164,6 @@ def as_new(zoo: LoRAZoo, factors: dict[str, torch.Tensor], task: TaskSpec) -> fl
     return (f[ok] >= loo.nanmedian()).double().mean().item() if ok.any() else None
 
 
-def summary(values: torch.Tensor) -> dict[str, float]:
-    v = values.tolist()
-    return {"mean": statistics.mean(v), "min": min(v), "max": max(v)}
-
 
 def _group(zoo: LoRAZoo, factors: dict[str, torch.Tensor], task: TaskSpec, zoo_probe: dict | None,
            loo: torch.Tensor | None, itself: bool = False) -> dict:
@@ -172,7 +171,7 @@ def _group(zoo: LoRAZoo, factors: dict[str, torch.Tensor], task: TaskSpec, zoo_p
     values, and probe novelty against the task's trained adapters."""
     from weightgen.metrics import accuracy_stats
 
-    ok = torch.stack([f.flatten(1).isfinite().all(1) for f in factors.values()]).all(0)
+    ok = adapters_finite(factors)
     acc = zoo.accuracy({n: f.nan_to_num() for n, f in factors.items()}, task).masked_fill(~ok, float("nan"))
     novelty = {"as_new": None, "disagreement": None}
     if zoo_probe is not None and ok.any():

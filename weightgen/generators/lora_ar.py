@@ -17,6 +17,7 @@ from weightgen.generators.autoregressive import WeightARPipeline, WeightARPrefix
 from weightgen.generators.common import check_range, sample_generator
 from weightgen.generators.lora_diffusion import AdapterPipelineMixin, GeneratedAdapters, lora_task
 from weightgen.tasks import TASK_CODE_DIM, task_code
+from weightgen.zoo.lora_trainer import adapters_finite
 
 TRAIN_HINT = "`python train/train_autoregressive.py configs/generator/lora-ar-digits.yaml`"
 
@@ -51,5 +52,5 @@ class LoRAARPipeline(AdapterPipelineMixin, WeightARPipeline):
         ids = self._sample_ids(self._text(prompt.strip()), code, 0, self.tokenizer.ids_per_token, num_samples,
                                batch_size, g, temperature, top_k, top_p, progress)
         factors = {n: f.float().cpu() for n, f in self.tokenizer.decode(ids.to(self.tokenizer.device)).items()}
-        finite = torch.stack([f.flatten(1).isfinite().all(1) for f in factors.values()]).all(0)
+        finite = adapters_finite(factors)
         return GeneratedAdapters(task, prompt.strip(), factors, finite, self.lora)

@@ -26,7 +26,8 @@ from weightgen.generators.diffusion import WeightDiffusionPipeline
 from weightgen.generators.dit import WeightDiT
 from weightgen.specs import find_arch
 from weightgen.tasks import TASK_CODE_DIM, TaskSpec, parse_prompt, task_code
-from weightgen.zoo.lora_base import weights_sha256
+from weightgen.zoo.lora_base import state_sha256
+from weightgen.zoo.lora_trainer import adapters_finite
 
 TRAIN_HINT = "`python train/train_diffusion.py configs/generator/lora-diffusion-digits.yaml`"
 
@@ -77,7 +78,7 @@ class AdapterPipelineMixin:
 
     def check_base(self) -> None:
         """Refuse to run on a base other than the one the zoo's adapters were trained on."""
-        if weights_sha256(self.base.state_dict()) != self.lora["base_sha256"]:
+        if state_sha256(self.base.state_dict()) != self.lora["base_sha256"]:
             raise ArchError("this generator's base model is not the one its adapters were trained on (sha256 differs)")
 
 
@@ -122,5 +123,5 @@ class LoRADiffusionPipeline(AdapterPipelineMixin, WeightDiffusionPipeline):
             out.append(self._denoise(x, emb, code, 0, meta, num_inference_steps, guidance_scale, g))
         tokens = self.denoiser.destandardize(torch.cat(out).float(), 0) * self.encoder.used.to(device)
         factors = {n: f.float().cpu() for n, f in self.encoder.decode(tokens).items()}
-        finite = torch.stack([f.flatten(1).isfinite().all(1) for f in factors.values()]).all(0)
+        finite = adapters_finite(factors)
         return GeneratedAdapters(task, prompt.strip(), factors, finite, self.lora)

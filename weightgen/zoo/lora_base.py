@@ -71,7 +71,7 @@ def pretrain(cfg: BaseModelConfig):
     return model.eval()
 
 
-def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+def state_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     """sha256 of a model's weights: every tensor's name, dtype, shape and bytes, in name order, so it
     does not depend on how a file laid them out."""
     h = hashlib.sha256()
@@ -83,8 +83,8 @@ def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
 
 
 def base_sha256(folder: str | Path) -> str:
-    """`weights_sha256` of a saved base, as loaded (transformers may store other key names on disk)."""
-    return weights_sha256(load_base(folder).state_dict())
+    """`state_sha256` of a saved base, as loaded (transformers may store other key names on disk)."""
+    return state_sha256(load_base(folder).state_dict())
 
 
 def ensure_base(cfg: BaseModelConfig, root: Path | None = None) -> Path:
@@ -112,7 +112,7 @@ def load_base(folder: str | Path, sha256: str | None = None):
         model = ViTForImageClassification.from_pretrained(folder)
     except (OSError, ValueError, SafetensorError) as e:
         raise CheckpointError(f"{folder} is not a readable base model ({e})") from e
-    if sha256 is not None and weights_sha256(model.state_dict()) != sha256:
+    if sha256 is not None and state_sha256(model.state_dict()) != sha256:
         raise CheckpointError(f"the base model in {folder} is not the one these adapters were trained on (sha256 differs)")
     return model.requires_grad_(False).eval()
 

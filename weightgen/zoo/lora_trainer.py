@@ -27,7 +27,7 @@ from weightgen.config import LoRASpec
 from weightgen.errors import ConfigError
 from weightgen.tasks import SPLITS, TaskSpec
 from weightgen.zoo.lora_base import images
-from weightgen.zoo.trainer import Recipe, epoch_order
+from weightgen.zoo.trainer import Recipe, epoch_order, pooled_train_data
 
 
 class MultiLoRA(nn.Module):
@@ -94,6 +94,11 @@ def init_factors(shapes: dict[str, tuple[int, int]], generators: list[torch.Gene
     return out
 
 
+def adapters_finite(factors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(K,) bool: every factor of adapter i is finite."""
+    return torch.stack([f.flatten(1).isfinite().all(1) for f in factors.values()]).all(0)
+
+
 def adapter_logits(model: nn.Module, factors: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Logits (K, b, classes) of K adapters, each on its own images x (K, b, 64)."""
     set_factors(model, factors)
@@ -108,12 +113,7 @@ def train_lora_batched(base: nn.Module, spec: LoRASpec, tasks: list[TaskSpec], i
     """Train len(tasks) adapters from `init` (K, *shape); returns (factors, per-adapter metrics on
     every split; empty dicts with metrics=False)."""
     k = len(tasks)
-    uniq = list(dict.fromkeys(tasks))
-    xs, ys = zip(*(t.split("train") for t in uniq))
-    x_all, y_all = torch.cat(xs), torch.cat(ys)
-    starts = torch.tensor([0, *torch.tensor([len(x) for x in xs]).cumsum(0)[:-1].tolist()])
-    which = torch.tensor([uniq.index(t) for t in tasks])
-    offset, sizes = starts[which], torch.tensor([len(xs[i]) for i in which.tolist()])
+    x_all, y_all, offset, sizes = pooled_train_data(tasks)
     length = int(sizes.max())
     steps_per_epoch = math.ceil(length / recipe.batch_size)
     model = multi_lora(base, spec)
@@ -163,5 +163,5 @@ def evaluate_adapters(base: nn.Module, spec: LoRASpec, factors: dict[str, torch.
     return {"acc": acc, "loss": loss}
 
 
-__all__ = ["MultiLoRA", "adapter_logits", "evaluate_adapters", "factor_shapes", "init_factors", "multi_lora", "set_factors",
+__all__ = ["MultiLoRA", "adapter_logits", "adapters_finite", "evaluate_adapters", "factor_shapes", "init_factors", "multi_lora", "set_factors",
            "target_names", "train_lora_batched"]

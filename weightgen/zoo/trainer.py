@@ -63,6 +63,16 @@ def epoch_order(sizes: torch.Tensor, length: int, generator: torch.Generator) ->
     return out
 
 
+def pooled_train_data(tasks: list[TaskSpec]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every distinct task's training set in one tensor: (x_all, y_all, offset (K,), sizes (K,)), where
+    model i reads rows offset[i] + its own indices < sizes[i]."""
+    uniq = list(dict.fromkeys(tasks))
+    xs, ys = zip(*(t.split("train") for t in uniq))
+    starts = torch.tensor([0, *torch.tensor([len(x) for x in xs]).cumsum(0)[:-1].tolist()])
+    which = torch.tensor([uniq.index(t) for t in tasks])
+    return torch.cat(xs), torch.cat(ys), starts[which], torch.tensor([len(xs[i]) for i in which.tolist()])
+
+
 def batch_loss(arch: ArchSpec, params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor, loss_kind: str,
                precision: str = "fp32", transposed: bool = False) -> torch.Tensor:
     """Per-model mean loss (K,) of K networks on their batches xb (K, b, in), yb (K, b[, 1]): the
@@ -88,16 +98,11 @@ def train_batched(
     for t in uniq:
         if t.in_dim != arch.in_dim or t.out_dim != arch.out_dim:
             raise ConfigError(f"task {t.id} ({t.in_dim} in, {t.out_dim} out) does not fit {arch.describe()}")
-    # all tasks' training sets in one tensor; model i reads rows offset[i] + its own indices
-    xs, ys = zip(*(t.split("train") for t in uniq))
-    x_all, y_all = torch.cat(xs), torch.cat(ys)
+    x_all, y_all, offset, sizes = pooled_train_data(tasks)
     if recipe.precision == "bf16":
         # autocast would cast every gathered batch to bf16; casting the data once saves that pass
         # (and is lossless for the digits, whose pixels are multiples of 1/16)
         x_all = x_all.to(torch.bfloat16)
-    starts = torch.tensor([0, *torch.tensor([len(x) for x in xs]).cumsum(0)[:-1].tolist()])
-    which = torch.tensor([uniq.index(t) for t in tasks])
-    offset, sizes = starts[which], torch.tensor([len(xs[i]) for i in which.tolist()])
     length = int(sizes.max())
     steps_per_epoch = math.ceil(length / recipe.batch_size)
     loss_kind = uniq[0].loss
