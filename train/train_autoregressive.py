@@ -16,13 +16,13 @@ import sys
 from dataclasses import dataclass
 
 import torch
-from accelerate import Accelerator
 from rich.progress import Progress
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from weightgen.encoders.adapter_quantizer import AdapterQuantizer
 from weightgen.encoders.vqvae import WeightVQVAE
 from weightgen.generators.autoregressive import WeightARPipeline, WeightARPrefix
+from weightgen.generators.init_from import check_parent_encoder, keep_parent_stats, parent_component
 from weightgen.generators.lora_ar import LoRAARPipeline
 from weightgen.generators.lora_training import is_lora_zoo, load_lora_zoo
 from weightgen.generators.training import (
@@ -30,6 +30,7 @@ from weightgen.generators.training import (
     end_step,
     load_encoded_zoo,
     load_encoder,
+    make_accelerator,
     prepare_training,
     sample_batch,
     save_with_ema,
@@ -69,24 +70,27 @@ class ARModel(torch.nn.Module):
 
 
 def main(cfg: ARConfig) -> None:
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
+    accelerator = make_accelerator(cfg)
     torch.manual_seed(cfg.seed)  # same init on every process
 
     # 1. Data: VQ ids (or adapter ids) of every non-held-out model, and every training prompt embedded once.
     lora = is_lora_zoo(cfg.zoo)
     if lora:
         tokens, data, table = load_lora_zoo(cfg.zoo)
-        tokenizer = AdapterQuantizer(tokens.config.lora, components=cfg.components, bins=cfg.bins)
         factors = tokens.decode(data[0].codes)  # the zoo adapters (canonical factors of the same deltas)
-        data[0].codes = tokenizer.fit(factors).encode(factors)
+        tokenizer = parent_component(cfg, "tokenizer", AdapterQuantizer) or AdapterQuantizer(
+            tokens.config.lora, components=cfg.components, bins=cfg.bins).fit(factors)
+        data[0].codes = tokenizer.encode(factors)
     else:
+        check_parent_encoder(cfg, "tokenizer")
         tokenizer = load_encoder(cfg.tokenizer, WeightVQVAE)
         data, table = load_encoded_zoo(cfg, tokenizer, cfg.tokenizer, tokenizer.encode)
     prefix = WeightARPrefix(text_dim=table.tokens.shape[-1], hidden_size=cfg.hidden_size, prefix_len=cfg.prefix_len,
                             n_archs=1 if lora else len(tokenizer.arch_specs), ids_per_token=tokenizer.ids_per_token,
                             codebook_size=tokenizer.codebook_size, task_kinds=task_kinds(data),
                             task_code_dim=TASK_CODE_DIM if cfg.task_code else 0)
-    prefix.set_text_stats(table.tokens, table.mask)
+    if not keep_parent_stats(prefix, cfg, accelerator.print):  # init_from + init_stats: keep
+        prefix.set_text_stats(table.tokens, table.mask)
     longest = max(d.codes.shape[1] for d in data) * tokenizer.ids_per_token + 2
     lm = GPT2LMHeadModel(GPT2Config(vocab_size=prefix.vocab_size, n_positions=cfg.prefix_len + longest,
                                     n_embd=cfg.hidden_size, n_layer=cfg.num_layers, n_head=cfg.num_attention_heads,

@@ -8,7 +8,8 @@ computed once, standardised per slot, and the WeightDiT learns to denoise them g
 With a LoRA zoo as `zoo` (configs/generator/lora-diffusion-digits.yaml) no encoder is needed: the
 adapters' canonical tokens (weightgen/encoders/adapter.py) are diffused instead, and the result is a
 LoRADiffusionPipeline that samples PEFT adapters.
-Re-running the same command resumes from the newest `OUT/checkpoints/step_N` (accelerate state).
+Re-running the same command resumes from the newest `OUT/checkpoints/step_N` (accelerate state);
+`--set init_from=DIR` fine-tunes a trained generator instead (weightgen/generators/init_from.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import sys
 from dataclasses import dataclass
 
 import torch
-from accelerate import Accelerator
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from rich.progress import Progress
 
@@ -26,6 +26,7 @@ from weightgen.encoders.autoencoder import WeightAutoencoder
 from weightgen.errors import ConfigError
 from weightgen.generators.diffusion import WeightDiffusionPipeline, with_null_prompt
 from weightgen.generators.dit import WeightDiT
+from weightgen.generators.init_from import check_parent_encoder, keep_parent_stats, parent_component
 from weightgen.generators.lora_diffusion import LoRADiffusionPipeline
 from weightgen.generators.lora_training import is_lora_zoo, load_lora_zoo
 from weightgen.generators.training import (
@@ -34,6 +35,7 @@ from weightgen.generators.training import (
     end_step,
     load_encoded_zoo,
     load_encoder,
+    make_accelerator,
     noised,
     prepare_training,
     sample_batch,
@@ -72,16 +74,19 @@ def main(cfg: DiffusionConfig) -> None:
         raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got '{cfg.sampler}'")
     if cfg.prediction_type not in ("epsilon", "sample", "v_prediction"):
         raise ConfigError(f"prediction_type must be epsilon, sample or v_prediction, got '{cfg.prediction_type}'")
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
+    accelerator = make_accelerator(cfg)
     torch.manual_seed(cfg.seed)  # same init on every process
 
     # 1. Data: autoencoder latents (or adapter tokens) of every non-held-out model, every training
     #    prompt embedded once, and the denoiser shaped for them.
     lora = is_lora_zoo(cfg.zoo)
     encoder, data, table, denoiser = (lora_setup if lora else weight_setup)(cfg)
-    denoiser.set_text_stats(table.tokens, table.mask)
+    kept = keep_parent_stats(denoiser, cfg, accelerator.print)  # init_from + init_stats: keep
+    if not kept:
+        denoiser.set_text_stats(table.tokens, table.mask)
     for d in data:  # the denoiser works on per-slot standardised latents (residuals of the task mean)
-        denoiser.set_latent_stats(d.index, d.codes, d.task_codes, ridge=cfg.mean_ridge)
+        if not kept:
+            denoiser.set_latent_stats(d.index, d.codes, d.task_codes, ridge=cfg.mean_ridge)
         d.codes = denoiser.standardize(d.codes, d.index, d.task_codes)
     noise_sched = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
                                 prediction_type=cfg.prediction_type, clip_sample=False)
@@ -131,8 +136,8 @@ def lora_setup(cfg: DiffusionConfig):
     encoder, data, table = load_lora_zoo(cfg.zoo)
     if cfg.latent_components:  # a closed-form linear encoder (weightgen/encoders/adapter_quantizer.py)
         factors = encoder.decode(data[0].codes)
-        encoder = AdapterPCA(encoder.config.lora, components=cfg.latent_components,
-                             per_token=cfg.latent_per_token).fit(factors)
+        encoder = parent_component(cfg, "encoder", AdapterPCA) or AdapterPCA(
+            encoder.config.lora, components=cfg.latent_components, per_token=cfg.latent_per_token).fit(factors)
         data[0].codes = encoder.encode(factors)
     denoiser = WeightDiT(latent_dim=encoder.token_dim, n_archs=1, n_layers=int(encoder.metadata[:, 0].max()) + 1,
                          n_positions=encoder.num_positions, num_layers=cfg.num_layers,
@@ -147,6 +152,7 @@ def lora_setup(cfg: DiffusionConfig):
 
 def weight_setup(cfg: DiffusionConfig):
     """Autoencoder latents of a weight zoo, and a denoiser over them."""
+    check_parent_encoder(cfg, "encoder")
     encoder = load_encoder(cfg.encoder, WeightAutoencoder)
     data, table = load_encoded_zoo(cfg, encoder, cfg.encoder, lambda flat, arch, _: encoder.encode(flat, arch))
     denoiser = WeightDiT(latent_dim=encoder.config.latent_dim, n_archs=len(encoder.arch_specs),

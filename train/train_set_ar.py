@@ -17,17 +17,18 @@ import sys
 from dataclasses import dataclass
 
 import torch
-from accelerate import Accelerator
 from rich.progress import Progress
 from transformers import LlamaConfig, LlamaModel
 
 from weightgen.generators.diffusion import with_null_prompt
+from weightgen.generators.init_from import keep_parent_stats
 from weightgen.generators.neuron_ar import NeuronAR, NeuronTokens, teacher_forced_loss
 from weightgen.generators.set_ar import SetARPipeline
 from weightgen.generators.training import (
     GeneratorTrainConfig,
     drop_mask,
     end_step,
+    make_accelerator,
     prepare_training,
     probe_inputs,
     sample_set_batch,
@@ -65,7 +66,7 @@ class SetARModel(torch.nn.Module):
 
 
 def main(cfg: SetARConfig) -> None:
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
+    accelerator = make_accelerator(cfg)
     torch.manual_seed(cfg.seed)
 
     # 1. Data: every training model as neuron-set tokens in canonical order; every prompt embedded once.
@@ -74,13 +75,16 @@ def main(cfg: SetARConfig) -> None:
                      text_dim=table.tokens.shape[-1], prefix_len=cfg.prefix_len,
                      task_code_dim=TASK_CODE_DIM if cfg.task_code else 0, task_kinds=kinds,
                      archs=[d.layout.arch.to_dict() for d in data], n_bins=cfg.n_bins, codebook_size=cfg.codebook_size, probe_size=cfg.probe_size)
-    heads.set_text_stats(table.tokens, table.mask)
-    if cfg.probe_size:
-        heads.set_probe(*probe_inputs([r["task"] for d in data for r in d.records], cfg.probe_size, cfg.n_classes))
-    heads.stats.fit([(d.layout, d.nodes, d.edges) for d in data])
+    kept = keep_parent_stats(heads, cfg, accelerator.print)  # init_from + init_stats: keep
+    if not kept:
+        heads.set_text_stats(table.tokens, table.mask)
+        if cfg.probe_size:
+            heads.set_probe(*probe_inputs([r["task"] for d in data for r in d.records], cfg.probe_size, cfg.n_classes))
+        heads.stats.fit([(d.layout, d.nodes, d.edges) for d in data])
     for d in data:
         d.nodes, d.edges = heads.stats.standardize(d.layout, d.nodes, d.edges)
-    heads.fit_tokens([(d.layout, d.nodes, d.edges) for d in data], seed=cfg.seed)
+    if not kept:  # the neuron templates (codebook) are statistics of the zoo too
+        heads.fit_tokens([(d.layout, d.nodes, d.edges) for d in data], seed=cfg.seed)
     for d in data:
         d.tokens = heads.tokenize(d.layout, d.nodes, d.edges)
     lm = LlamaModel(LlamaConfig(vocab_size=1, hidden_size=cfg.hidden_size, intermediate_size=4 * cfg.hidden_size,

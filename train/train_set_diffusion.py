@@ -6,7 +6,8 @@
 No encoder and no canonicalisation: every model of every arch becomes a neuron set
 (weightgen/space/neurons.py), standardised per role, and the permutation-equivariant SetDiT learns
 to denoise it given the prompt. Re-running the same command resumes from the newest
-`OUT/checkpoints/step_N` (accelerate state).
+`OUT/checkpoints/step_N` (accelerate state); `--set init_from=DIR` fine-tunes a trained generator
+on this zoo instead of starting fresh (weightgen/generators/init_from.py).
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import sys
 from dataclasses import dataclass
 
 import torch
-from accelerate import Accelerator
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from rich.progress import Progress
 
 from weightgen.errors import ConfigError
 from weightgen.generators.diffusion import with_null_prompt
+from weightgen.generators.init_from import keep_parent_stats
 from weightgen.generators.set_diffusion import (
     SetDiffusionPipeline,
     clean_estimate,
@@ -34,6 +35,7 @@ from weightgen.generators.training import (
     GeneratorTrainConfig,
     drop_mask,
     end_step,
+    make_accelerator,
     noised,
     prepare_training,
     probe_inputs,
@@ -72,7 +74,7 @@ def main(cfg: SetDiffusionConfig) -> None:
         raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got '{cfg.sampler}'")
     if cfg.prediction_type not in ("epsilon", "sample", "v_prediction"):
         raise ConfigError(f"prediction_type must be epsilon, sample or v_prediction, got '{cfg.prediction_type}'")
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
+    accelerator = make_accelerator(cfg)
     torch.manual_seed(cfg.seed)
 
     # 1. Data: every training model as a neuron set, standardised per role; every prompt embedded once.
@@ -83,11 +85,12 @@ def main(cfg: SetDiffusionConfig) -> None:
                       task_kinds=kinds, archs=[d.layout.arch.to_dict() for d in data],
                       edge_channels=cfg.edge_channels, staged=cfg.staged, probe_size=cfg.probe_size,
                       self_cond=cfg.self_cond > 0)
-    denoiser.set_text_stats(table.tokens, table.mask)
-    denoiser.stats.fit([(d.layout, d.nodes, d.edges) for d in data])
-    if cfg.probe_size:
-        denoiser.set_probe(*probe_inputs([r["task"] for d in data for r in d.records], cfg.probe_size,
-                                        cfg.n_classes))
+    if not keep_parent_stats(denoiser, cfg, accelerator.print):  # init_from + init_stats: keep
+        denoiser.set_text_stats(table.tokens, table.mask)
+        denoiser.stats.fit([(d.layout, d.nodes, d.edges) for d in data])
+        if cfg.probe_size:
+            denoiser.set_probe(*probe_inputs([r["task"] for d in data for r in d.records], cfg.probe_size,
+                                            cfg.n_classes))
     for d in data:
         d.nodes, d.edges = denoiser.stats.standardize(d.layout, d.nodes, d.edges)
         d.packed = pack(d.nodes, d.edges)

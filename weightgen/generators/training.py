@@ -40,6 +40,8 @@ class GeneratorTrainConfig:
     mixed_precision: str = "no"  # accelerate's flag: no | bf16 | fp16
     save_every: int = 500  # accelerator.save_state interval, in steps
     seed: int = 0
+    init_from: str = ""  # a trained generator folder to fine-tune from (weightgen/generators/init_from.py)
+    init_stats: str = "refit"  # with init_from: refit the statistics on this zoo, or keep the parent's
 
 
 @dataclass
@@ -145,15 +147,32 @@ def sample_batch(data: list[ArchData], table: PromptTable, n: int, step: int, se
     return d, d.codes[rows], table.tokens[prompt], table.mask[prompt], d.task_codes[rows]
 
 
+def make_accelerator(cfg: GeneratorTrainConfig):
+    """The Accelerator of a generator script. DDP looks for unused parameters: weight-space models
+    leave some out on some batches by design (the hidden-to-hidden pair head on one-hidden-layer
+    nets, the self-conditioning and staged inputs on batches without them)."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    return Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+
 def prepare_training(accelerator, cfg: GeneratorTrainConfig, model: torch.nn.Module):
-    """What every generator script sets up before its loop: AdamW, the warm-up + cosine schedule and
-    an EMA of `model`'s weights; model and optimiser prepared by accelerate (the LR schedule stays out
-    of prepare(): see train_autoencoder.py), schedule and EMA registered for checkpointing, and the
-    newest complete checkpoint loaded. Returns (prepared model, optimiser, schedule, EMA, start step)."""
+    """What every generator script sets up before its loop: the parent's weights with `init_from`,
+    AdamW, the warm-up + cosine schedule and an EMA of `model`'s weights; model and optimiser
+    prepared by accelerate (the LR schedule stays out of prepare(): see train_autoencoder.py),
+    schedule and EMA registered for checkpointing, and the newest complete checkpoint of this run
+    loaded. Returns (prepared model, optimiser, schedule, EMA, start step)."""
     from diffusers.training_utils import EMAModel
 
     from weightgen.encoders.training import warmup_cosine
+    from weightgen.generators.init_from import check_run, init_from_parent, zoo_fingerprint
 
+    zoo = cfg.zoo or encoder_settings(getattr(cfg, "encoder", "") or getattr(cfg, "tokenizer", ""))["zoo"]
+    check_run(cfg.out, {"zoo": zoo_fingerprint(zoo), "init_from": str(Path(cfg.init_from).resolve()) if cfg.init_from
+                        else ""}, accelerator.is_main_process)
+    if cfg.init_from:  # before the EMA copies the weights; a resumed run's load_state then overrides them
+        init_from_parent(model, cfg.init_from, accelerator.print)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = warmup_cosine(opt, cfg.steps)
     ema = EMAModel(model.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=3 / 4)
@@ -314,8 +333,10 @@ def end_step(accelerator, cfg, step: int, sched, ema, params, progress, job, lab
 def save_with_ema(accelerator, cfg, ema, params, make_pipeline) -> None:
     """On the main process, copy the EMA weights into `params` and save the pipeline that
     `make_pipeline()` then builds (with `save_pipeline`, the resolved config beside it)."""
+    from weightgen.generators.init_from import parent_record
+
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         ema.copy_to(params)
-        save_pipeline(make_pipeline(), cfg)
+        save_pipeline(make_pipeline(), cfg, {"parent": parent_record(cfg.init_from)} if cfg.init_from else None)
     accelerator.print(f"saved {cfg.out}")
