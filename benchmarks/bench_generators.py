@@ -16,7 +16,7 @@ The last line printed is JSON.
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import random
 import statistics
@@ -35,9 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def train(script: str, config: str, overrides: list[str]) -> str:
-    spec = importlib.util.spec_from_file_location(script, ROOT / "train" / f"{script}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    """Run train/SCRIPT.py's training (its main in weightgen/train/) with configs/generator/CONFIG."""
+    module = importlib.import_module(f"weightgen.train.{script.removeprefix('train_')}")
     config_cls = module.DiffusionConfig if script == "train_diffusion" else module.ARConfig
     cfg = load_config(config_cls, ROOT / "configs" / "generator" / config, overrides)
     module.main(cfg)

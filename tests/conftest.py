@@ -95,10 +95,13 @@ def torch_one_thread():
 
 
 def load_train_script(name: str):
-    """The module of `train/train_NAME.py` (imported once; registered in sys.modules first, as its
-    dataclasses need), so tests can call its `main(cfg)` in-process."""
+    """The training module behind `train/train_NAME.py` (its main and config), so tests can call
+    `main(cfg)` in-process: weightgen/train/NAME.py for generators, the script itself for encoders."""
+    import importlib
     import importlib.util
 
+    if (ROOT / "weightgen" / "train" / f"{name}.py").is_file():
+        return importlib.import_module(f"weightgen.train.{name}")
     module_name = f"_weightgen_train_{name}"
     if module_name not in sys.modules:
         spec = importlib.util.spec_from_file_location(module_name, ROOT / "train" / f"train_{name}.py")

@@ -21,10 +21,9 @@ rebuilt, is removed and trained again: otherwise an upgrade would keep serving t
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
+import importlib
 import json
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,17 +62,9 @@ def built_with(folder: Path, cfg) -> bool:
 
 
 def train_script(name: str):
-    """The module of train/train_NAME.py (they are scripts, not package modules)."""
-    key = f"weightgen_train_{name}"
-    if key not in sys.modules:
-        path = ROOT / "train" / f"train_{name}.py"
-        if not path.is_file():
-            raise WeightgenError(f"{path} is missing; quickstart runs from a weightgen source checkout")
-        spec = importlib.util.spec_from_file_location(key, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module  # dataclasses in the script look themselves up here
-        spec.loader.exec_module(module)
-    return sys.modules[key]
+    """The training module of a generator (weightgen/train/NAME.py: its main and config), which the
+    script train/train_NAME.py wraps."""
+    return importlib.import_module(f"weightgen.train.{name}")
 
 
 def _config(path: Path, cls, **overrides):
@@ -93,7 +84,7 @@ def stages(root: Path | None = None) -> tuple[list[Stage], dict[str, Path]]:
 
     def trained(name: str, script: str, config_cls: str, config: Path, key: str, marker: str, after: str,
                 **overrides) -> Stage:
-        """The stage that runs train/train_SCRIPT.py with CONFIG (read as its CONFIG_CLS) into paths[key]."""
+        """The stage that runs weightgen/train/SCRIPT.py's main with CONFIG (read as its CONFIG_CLS) into paths[key]."""
         module = train_script(script)
         cfg = _config(config, getattr(module, config_cls), out=paths[key], **overrides)
         folder = paths[key]

@@ -1,0 +1,167 @@
+"""Train the text-conditioned latent diffusion generator on a zoo's non-held-out models.
+
+    python train/train_diffusion.py configs/generator/diffusion-digits.yaml [--set steps=100 ...]
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 train/train_diffusion.py CONFIG
+
+Needs a trained autoencoder (train/train_autoencoder.py); its latents of every training model are
+computed once, standardised per slot, and the WeightDiT learns to denoise them given the prompt.
+With a LoRA zoo as `zoo` (configs/generator/lora-diffusion-digits.yaml) no encoder is needed: the
+adapters' canonical tokens (weightgen/encoders/adapter.py) are diffused instead, and the result is a
+LoRADiffusionPipeline that samples PEFT adapters.
+Re-running the same command resumes from the newest `OUT/checkpoints/step_N` (accelerate state);
+`--set init_from=DIR` fine-tunes a trained generator instead (weightgen/generators/init_from.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from rich.progress import Progress
+
+from weightgen.encoders.adapter_quantizer import AdapterPCA
+from weightgen.encoders.autoencoder import WeightAutoencoder
+from weightgen.errors import ConfigError
+from weightgen.generators.diffusion import WeightDiffusionPipeline, with_null_prompt
+from weightgen.generators.dit import WeightDiT
+from weightgen.generators.init_from import check_parent_encoder, keep_parent_stats, parent_component
+from weightgen.generators.lora_diffusion import LoRADiffusionPipeline
+from weightgen.generators.lora_training import is_lora_zoo, load_lora_zoo
+from weightgen.generators.training import (
+    GeneratorTrainConfig,
+    drop_mask,
+    end_step,
+    load_encoded_zoo,
+    load_encoder,
+    make_accelerator,
+    noised,
+    prepare_training,
+    sample_batch,
+    save_with_ema,
+    task_kinds,
+)
+from weightgen.tasks import TASK_CODE_DIM
+from weightgen.zoo.lora_build import zoo_base
+from weightgen.zoo.store import ZooStore
+
+SAMPLERS = {"ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
+
+
+@dataclass(frozen=True)
+class DiffusionConfig(GeneratorTrainConfig):
+    out: str = "runs/generators/diffusion"
+    encoder: str = "runs/encoders/autoencoder-digits"  # a trained WeightAutoencoder folder
+    num_layers: int = 4  # transformer blocks
+    num_attention_heads: int = 4
+    attention_head_dim: int = 32
+    pooled_conditioning: bool = True  # also feed the mean prompt state to the adaptive norms
+    prediction_type: str = "v_prediction"  # epsilon | sample | v_prediction (why v: generators/diffusion.py)
+    beta_schedule: str = "squaredcos_cap_v2"
+    num_train_timesteps: int = 1000
+    cond_dropout: float = 0.1  # share of examples trained with the null prompt (classifier-free guidance)
+    sampler: str = "ddim"  # ddim | dpm: the scheduler saved in the pipeline for few-step sampling
+    conditional_mean: bool = True  # diffuse the residual around a task-code ridge mean (generators/dit.py)
+    mean_ridge: float = 1.0  # ridge penalty of that mean
+    task_offsets: bool = True  # seen tasks also keep their own (shrunk) offset from it (generators/dit.py)
+    latent_components: int = 0  # LoRA zoos: > 0 diffuses this many principal coefficients of the deltas
+    latent_per_token: int = 8  # LoRA zoos: coefficients per denoiser token
+
+
+def main(cfg: DiffusionConfig) -> None:
+    if cfg.sampler not in SAMPLERS:
+        raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got '{cfg.sampler}'")
+    if cfg.prediction_type not in ("epsilon", "sample", "v_prediction"):
+        raise ConfigError(f"prediction_type must be epsilon, sample or v_prediction, got '{cfg.prediction_type}'")
+    accelerator = make_accelerator(cfg)
+    torch.manual_seed(cfg.seed)  # same init on every process
+
+    # 1. Data: autoencoder latents (or adapter tokens) of every non-held-out model, every training
+    #    prompt embedded once, and the denoiser shaped for them.
+    lora = is_lora_zoo(cfg.zoo)
+    encoder, data, table, denoiser = (lora_setup if lora else weight_setup)(cfg)
+    kept = keep_parent_stats(denoiser, cfg, accelerator.print)  # init_from + init_stats: keep
+    if not kept:
+        denoiser.set_text_stats(table.tokens, table.mask)
+    for d in data:  # the denoiser works on per-slot standardised latents (residuals of the task mean)
+        if not kept:
+            denoiser.set_latent_stats(d.index, d.codes, d.task_codes, ridge=cfg.mean_ridge)
+        d.codes = denoiser.standardize(d.codes, d.index, d.task_codes)
+    noise_sched = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
+                                prediction_type=cfg.prediction_type, clip_sample=False)
+
+    # 2-3. Optimiser, schedule and EMA (`prepare_training`), resumed from the newest checkpoint if any.
+    model, opt, sched, ema, start = prepare_training(accelerator, cfg, denoiser)
+
+    # 4. Train: noise a batch of standardised latents at random timesteps, predict the target.
+    rank = accelerator.process_index
+    with Progress(disable=not accelerator.is_local_main_process) as progress:
+        job = progress.add_task("diffusion", total=cfg.steps, completed=start)
+        for step in range(start, cfg.steps):
+            for micro in range(cfg.grad_accum):
+                key = step * cfg.grad_accum + micro
+                d, x0, text, mask, codes = sample_batch(data, table, cfg.batch_size, key, cfg.seed, rank)
+                n = len(x0)
+                drop = drop_mask(n, cfg.cond_dropout, key, cfg.seed, rank)
+                text, mask = with_null_prompt(text, mask, accelerator.unwrap_model(model).null_text, drop)
+                codes = codes * ~drop[:, None]  # the null prompt has no task either
+                g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank * 7919 + key + 1)
+                noise = torch.randn(x0.shape, generator=g)
+                t = torch.randint(cfg.num_train_timesteps, (n,), generator=g)
+                noisy, target = noised(noise_sched, x0, noise, t, cfg.prediction_type)
+                meta = (encoder.metadata if lora else encoder.stats.layout(d.arch).metadata).expand(n, -1, -1)
+                with accelerator.accumulate(model):
+                    out = model(noisy.to(accelerator.device), t.to(accelerator.device), text.to(accelerator.device),
+                                mask.to(accelerator.device), torch.full((n,), d.index, device=accelerator.device),
+                                meta.to(accelerator.device), task_code=codes.to(accelerator.device))
+                    loss = torch.nn.functional.mse_loss(out.float(), target.to(accelerator.device))
+                    accelerator.backward(loss)
+                    opt.step()
+                    opt.zero_grad()
+            end_step(accelerator, cfg, step, sched, ema, accelerator.unwrap_model(model).parameters(), progress, job,
+                     "diffusion", loss)
+
+    # 5. Save the pipeline with the EMA weights, and the resolved config beside it.
+    final = accelerator.unwrap_model(model)
+    scheduler = SAMPLERS[cfg.sampler].from_config(noise_sched.config)
+    save_with_ema(accelerator, cfg, ema, final.parameters(), lambda: LoRADiffusionPipeline(
+        denoiser=final, scheduler=scheduler, encoder=encoder, base=zoo_base(ZooStore(cfg.zoo))) if lora
+        else WeightDiffusionPipeline(denoiser=final, scheduler=scheduler, encoder=encoder))
+
+
+def lora_setup(cfg: DiffusionConfig):
+    """Adapter tokens of a LoRA zoo, and a denoiser over them (one 'arch': the base; a token's layer is
+    its module, its position its row in that module)."""
+    encoder, data, table = load_lora_zoo(cfg.zoo)
+    if cfg.latent_components:  # a closed-form linear encoder (weightgen/encoders/adapter_quantizer.py)
+        factors = encoder.decode(data[0].codes)
+        encoder = parent_component(cfg, "encoder", AdapterPCA) or AdapterPCA(
+            encoder.config.lora, components=cfg.latent_components, per_token=cfg.latent_per_token).fit(factors)
+        data[0].codes = encoder.encode(factors)
+    denoiser = WeightDiT(latent_dim=encoder.token_dim, n_archs=1, n_layers=int(encoder.metadata[:, 0].max()) + 1,
+                         n_positions=encoder.num_positions, num_layers=cfg.num_layers,
+                         num_attention_heads=cfg.num_attention_heads, attention_head_dim=cfg.attention_head_dim,
+                         text_dim=table.tokens.shape[-1], max_tokens=encoder.num_tokens, task_kinds=task_kinds(data),
+                         pooled_conditioning=cfg.pooled_conditioning, task_code_dim=TASK_CODE_DIM,
+                         conditional_mean=cfg.conditional_mean,
+                         max_seen_tasks=len(data[0].task_codes.unique(dim=0))
+                         if cfg.conditional_mean and cfg.task_offsets else 0)
+    return encoder, data, table, denoiser
+
+
+def weight_setup(cfg: DiffusionConfig):
+    """Autoencoder latents of a weight zoo, and a denoiser over them."""
+    check_parent_encoder(cfg, "encoder")
+    encoder = load_encoder(cfg.encoder, WeightAutoencoder)
+    data, table = load_encoded_zoo(cfg, encoder, cfg.encoder, lambda flat, arch, _: encoder.encode(flat, arch))
+    denoiser = WeightDiT(latent_dim=encoder.config.latent_dim, n_archs=len(encoder.arch_specs),
+                         n_layers=int(encoder.meta_embed.layer.num_embeddings),
+                         n_positions=int(encoder.meta_embed.position.num_embeddings),
+                         num_layers=cfg.num_layers, num_attention_heads=cfg.num_attention_heads,
+                         attention_head_dim=cfg.attention_head_dim, text_dim=table.tokens.shape[-1],
+                         max_tokens=max(d.codes.shape[1] for d in data), task_kinds=task_kinds(data),
+                         pooled_conditioning=cfg.pooled_conditioning,
+                         task_code_dim=TASK_CODE_DIM if cfg.conditional_mean else 0,
+                         max_seen_tasks=max(len(d.task_codes.unique(dim=0)) for d in data)
+                         if cfg.conditional_mean and cfg.task_offsets else 0)
+    return encoder, data, table, denoiser
