@@ -55,7 +55,7 @@ def main(cfg: AutoencoderConfig) -> None:
     with Progress(disable=not accelerator.is_local_main_process) as progress:
         job = progress.add_task("autoencoder", total=cfg.steps, completed=start)
         for step in range(start, cfg.steps):
-            batch = sample_tokens(table, cfg.batch_tokens, step, cfg.seed, accelerator.process_index)
+            batch = sample_tokens(table, cfg.batch_tokens, step, cfg.seed, accelerator.process_index, accelerator.device)
             recon, z = model(batch["tokens"], batch["arch"], batch["meta"])
             loss = reconstruction_loss(recon, batch) + cfg.latent_l2 * z.pow(2).mean()
             accelerator.backward(loss)

@@ -76,7 +76,7 @@ def main(cfg: TokenizerConfig) -> None:
     with Progress(disable=not accelerator.is_local_main_process) as progress:
         job = progress.add_task("tokenizer", total=cfg.steps, completed=start)
         for step in range(start, cfg.steps):
-            batch = sample_tokens(table, cfg.batch_tokens, step, cfg.seed, accelerator.process_index)
+            batch = sample_tokens(table, cfg.batch_tokens, step, cfg.seed, accelerator.process_index, accelerator.device)
             n_random = len(batch["tokens"])
             if cfg.functional_weight > 0:
                 arch_data = trainable[step % len(trainable)]

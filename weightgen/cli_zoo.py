@@ -119,8 +119,10 @@ def zoo_export(
     if model_id is not None:
         rec = store.record(model_id)
         path = export_one(store, rec, out)
-        _console().print(f"wrote {escape(str(path))}: {escape(store.manifest['archs'].get(rec['arch'], {}).get('text', 'LoRA adapter'))} "
-                         f"for {escape(rec['task'])}, test acc {rec.get('test_acc', float('nan')):.4f}")
+        what = (f"a PEFT adapter of {store.root / 'base'}" if store.manifest.get("lora")
+                else store.manifest["archs"][rec["arch"]]["text"])
+        _console().print(f"wrote {escape(str(path))}: {escape(what)} for {escape(rec['task'])}, "
+                         f"test acc {rec.get('test_acc', float('nan')):.4f}")
         return
     records = select(store, tasks=tasks, archs=archs, split=split)
     if out.exists() and any(out.iterdir()):

@@ -99,7 +99,7 @@ class AdapterEncoder(ModelMixin, ConfigMixin):
     def encode(self, factors: dict[str, torch.Tensor]) -> torch.Tensor:
         """Factors (N, ...) -> delta tokens (N, T, D), zero on padding."""
         n = self.check(factors)
-        rows = torch.zeros(n, self.num_tokens * self.rows, self.width)
+        rows = torch.zeros(n, self.num_tokens * self.rows, self.width, device=next(iter(factors.values())).device)
         for name, start, o, i in zip(self.targets, self.starts, self.out_dims, self.in_dims):
             first = start * self.rows
             rows[:, first : first + o, :i] = factors[f"{name}.lora_B"].float() @ factors[f"{name}.lora_A"].float()

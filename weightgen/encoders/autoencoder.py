@@ -52,4 +52,4 @@ class WeightAutoencoder(ModelMixin, ConfigMixin, TokenCodecMixin):
         """Latents (N, T, latent_dim) -> flat weights (N, P)."""
         layout, emb = self._meta(arch)
         recon = self.decoder(torch.cat([latents, emb.expand(*latents.shape[:-1], -1)], -1))
-        return self.untokens(arch, recon * layout.mask.to(recon.dtype))
+        return self.untokens(arch, recon * layout.mask.to(recon.device, recon.dtype))

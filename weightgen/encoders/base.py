@@ -51,12 +51,14 @@ class TokenCodecMixin:
 
     def _meta(self, arch: ArchSpec) -> tuple[TokenLayout, torch.Tensor]:
         layout = self.stats.layout(arch)  # raises a clear error for an arch it was not fitted on
-        return layout, self.meta_embed(self.stats.index[arch.slug], layout.metadata)
+        meta = layout.metadata.to(self.meta_embed.arch.weight.device)
+        return layout, self.meta_embed(self.stats.index[arch.slug], meta)
 
     def _index_meta(self, arch: ArchSpec, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token arch index (n*T,) and metadata (n*T, 3) for n models of one arch."""
-        layout = self.stats.layout(arch)
-        return torch.full((n * layout.num_tokens,), self.stats.index[arch.slug]), layout.metadata.repeat(n, 1)
+        """Per-token arch index (n*T,) and metadata (n*T, 3) for n models of one arch, on the model's device."""
+        layout, device = self.stats.layout(arch), self.meta_embed.arch.weight.device
+        return (torch.full((n * layout.num_tokens,), self.stats.index[arch.slug], device=device),
+                layout.metadata.to(device).repeat(n, 1))
 
     def tokens(self, arch: ArchSpec, flat: torch.Tensor) -> torch.Tensor:
         """Flat weights (N, P) -> normalised tokens (N, T, width)."""

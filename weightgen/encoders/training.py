@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from weightgen.metrics import cross_entropy
 from weightgen.space.dataset import ArchWeights, zoo_weights
 from weightgen.tasks import get_task
 from weightgen.zoo.store import ZooStore
+
+KEEP_CHECKPOINTS = 2  # complete checkpoints kept per run (the newest)
 
 
 @dataclass(frozen=True)
@@ -82,11 +85,13 @@ def load_weights(cfg: EncoderTrainConfig) -> list[ArchWeights]:
     return data
 
 
-def sample_tokens(table: dict[str, torch.Tensor], n: int, step: int, seed: int, rank: int) -> dict[str, torch.Tensor]:
-    """A batch of n random tokens; seeded by (seed, rank, step) so a resumed run draws the same ones."""
+def sample_tokens(table: dict[str, torch.Tensor], n: int, step: int, seed: int, rank: int,
+                  device: torch.device | None = None) -> dict[str, torch.Tensor]:
+    """A batch of n random tokens, moved to `device`; seeded by (seed, rank, step) so a resumed run
+    draws the same ones (drawn on the host, so every device draws the same ones too)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + rank * 7919 + step)
     idx = torch.randint(len(table["tokens"]), (n,), generator=g)
-    return {k: v[idx] for k, v in table.items()}
+    return {k: v[idx].to(device) for k, v in table.items()}
 
 
 def reconstruction_loss(recon: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -97,12 +102,12 @@ def reconstruction_loss(recon: torch.Tensor, batch: dict[str, torch.Tensor]) -> 
 
 def functional_batch(model: TokenCodecMixin, data: ArchWeights, n: int, step: int, seed: int):
     """Tokens of n whole models of one arch (to ride in the same forward pass as the random
-    tokens), and the rows they came from."""
+    tokens), on the model's device, and the rows they came from."""
     g = torch.Generator().manual_seed(seed + step)
     rows = torch.randint(len(data.train), (n,), generator=g)
-    tokens = model.tokens(data.arch, data.train[rows])
+    tokens = model.tokens(data.arch, data.train[rows].to(model.device))
     index, meta = model._index_meta(data.arch, n)
-    mask = model.stats.layout(data.arch).mask.repeat(n, 1)
+    mask = model.stats.layout(data.arch).mask.to(model.device).repeat(n, 1)
     batch = {"tokens": tokens.reshape(-1, tokens.shape[-1]), "arch": index, "meta": meta, "mask": mask}
     return batch, rows
 
@@ -114,15 +119,15 @@ def functional_loss(model: TokenCodecMixin, data: ArchWeights, rows: torch.Tenso
     path differentiable."""
     arch, n = data.arch, len(rows)
     layout = model.stats.layout(arch)
-    flat = model.untokens(arch, recon.reshape(n, layout.num_tokens, -1) * layout.mask)
+    flat = model.untokens(arch, recon.reshape(n, layout.num_tokens, -1) * layout.mask.to(recon.device))
     params = arch.layout().unflatten(flat)
     g = torch.Generator().manual_seed(seed + step + 1)
     losses = []
     for i, r in enumerate(rows.tolist()):
         x, y = get_task(data.train_records[r]["task"]).split("train")
         pick = torch.randint(len(x), (64,), generator=g)
-        logits = arch.forward_batched({k: v[i : i + 1] for k, v in params.items()}, x[pick][None])
-        losses.append(cross_entropy(logits[0], y[pick]).mean())
+        logits = arch.forward_batched({k: v[i : i + 1] for k, v in params.items()}, x[pick][None].to(recon.device))
+        losses.append(cross_entropy(logits[0], y[pick].to(recon.device)).mean())
     return torch.stack(losses).mean()
 
 
@@ -144,6 +149,12 @@ def save_checkpoint(accelerator, out: str | Path, step: int) -> None:
     accelerator.save_state(str(path))
     if accelerator.is_main_process:
         (path / "done").write_text(json.dumps({"step": step}))
+        # keep the newest KEEP_CHECKPOINTS complete ones: a long run otherwise fills the disk
+        # (hundreds of MB per thousand steps), and resume only ever reads the newest
+        done = sorted(int(p.name[5:]) for p in path.parent.glob("step_*")
+                      if p.name[5:].isdigit() and (p / "done").is_file())
+        for old in done[:-KEEP_CHECKPOINTS]:
+            shutil.rmtree(path.parent / f"step_{old}", ignore_errors=True)
 
 
 def save_final(accelerator, model, cfg) -> None:

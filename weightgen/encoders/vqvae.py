@@ -114,7 +114,7 @@ class WeightVQVAE(ModelMixin, ConfigMixin, TokenCodecMixin):
         tokens = self.tokens(arch, self.residual(arch, flat.float(), codes))
         n, t, _ = tokens.shape
         if n == 0:
-            return torch.zeros(0, t, self.ids_per_token, dtype=torch.long)
+            return torch.zeros(0, t, self.ids_per_token, dtype=torch.long, device=tokens.device)
         index, meta = self._index_meta(arch, n)
         _, ids = self(tokens.reshape(n * t, -1), index, meta)
         return ids.reshape(n, t, -1).long()
@@ -124,10 +124,10 @@ class WeightVQVAE(ModelMixin, ConfigMixin, TokenCodecMixin):
         """ids (N, T, ids_per_token) -> flat weights (N, P); codes: their task codes (see `residual`)."""
         layout, emb = self._meta(arch)
         if ids.shape[0] == 0:
-            return torch.zeros(0, arch.layout().numel)
+            return torch.zeros(0, arch.layout().numel, device=ids.device)
         zq = self._ids_to_latent(ids)  # (N, T, latent)
         recon = self.decoder(torch.cat([zq, emb.expand(*zq.shape[:-1], -1)], -1))
-        flat = self.untokens(arch, recon * layout.mask.to(recon.dtype))
+        flat = self.untokens(arch, recon * layout.mask.to(recon.device, recon.dtype))
         if self.task_mean is None:
             return flat
         return flat + self.task_mean(self.stats.index[arch.slug], codes, flat.shape[1]).to(flat)

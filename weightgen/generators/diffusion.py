@@ -46,8 +46,8 @@ FILES = {
 
 def with_null_prompt(tokens: torch.Tensor, mask: torch.Tensor, null: torch.Tensor, drop: torch.Tensor):
     """Replace the prompt of rows where `drop` is set by the null prompt (first slot = null token,
-    the rest masked out); differentiable in `null`."""
-    drop = drop.to(tokens.device)
+    the rest masked out); differentiable in `null`. The result lives on `null`'s device (the model's)."""
+    tokens, mask, drop = tokens.to(null.device), mask.to(null.device), drop.to(null.device)
     first = torch.zeros_like(mask)
     first[:, 0] = True
     null_tokens = torch.where(first[..., None], null.to(tokens.dtype).expand_as(tokens), torch.zeros_like(tokens))

@@ -165,7 +165,7 @@ class NeuronAR(ModelMixin, ConfigMixin, TextStatsMixin, NeuronMeaning):
                 code = self.nearest_code(nodes[:, s]).gather(1, o)
                 o = o.gather(1, code.argsort(dim=1, stable=True))
             order.append(o)
-        idx = torch.arange(layout.num_nodes).expand(len(nodes), -1).clone()
+        idx = torch.arange(layout.num_nodes, device=nodes.device).expand(len(nodes), -1).clone()
         for s, o in zip(layout.slices[:-1], order):
             idx[:, s] = s.start + o
         nodes = nodes.gather(1, idx[..., None].expand_as(nodes))

@@ -150,10 +150,14 @@ def sample_batch(data: list[ArchData], table: PromptTable, n: int, step: int, se
 def make_accelerator(cfg: GeneratorTrainConfig):
     """The Accelerator of a generator script. DDP looks for unused parameters: weight-space models
     leave some out on some batches by design (the hidden-to-hidden pair head on one-hidden-layer
-    nets, the self-conditioning and staged inputs on batches without them)."""
+    nets, the self-conditioning and staged inputs on batches without them). bf16 only where the
+    device runs it natively (weightgen/devices.py), else fp32."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
-    return Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
+    from weightgen.devices import native_mixed_precision
+
+    return Accelerator(gradient_accumulation_steps=cfg.grad_accum,
+                       mixed_precision=native_mixed_precision(cfg.mixed_precision),
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
@@ -178,7 +182,9 @@ def prepare_training(accelerator, cfg: GeneratorTrainConfig, model: torch.nn.Mod
     ema = EMAModel(model.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=3 / 4)
     prepared, opt = accelerator.prepare(model, opt)
     accelerator.register_for_checkpointing(sched, ema)
-    return prepared, opt, sched, ema, resume(accelerator, cfg.out)
+    start = resume(accelerator, cfg.out)
+    ema.to(accelerator.device)  # the shadows follow the model (load_state brings them back on the host)
+    return prepared, opt, sched, ema, start
 
 
 def resume(accelerator, out: str | Path) -> int:

@@ -67,7 +67,7 @@ class TokenLayout:
         index = self._tables[0]
         safe = index.clamp_min(0)
         tokens = flat[..., safe.flatten()].reshape(*flat.shape[:-1], *index.shape)
-        return tokens * self.mask.to(tokens.dtype)
+        return tokens * self.mask.to(tokens.device, tokens.dtype)
 
     def detokenize(self, tokens: torch.Tensor) -> torch.Tensor:
         """(..., T, width) tokens -> (..., P) flat weights; padding slots are ignored."""

@@ -44,7 +44,7 @@ class TokenStats(nn.Module):
     def fit(self, arch: ArchSpec, tokens: torch.Tensor) -> None:
         """Fit the statistics of one arch from its zoo tokens (N, T, width)."""
         layout, (mean, std) = self.layout(arch), self._stats(arch)
-        mask = layout.mask.to(tokens.dtype)
+        mask = layout.mask.to(tokens.device, tokens.dtype)
         mean.copy_(tokens.mean(0) * mask)
         sq = ((tokens - mean) ** 2 * mask).sum(dim=(0, 2))  # (T,)
         count = mask.sum(1) * tokens.shape[0]  # (T,)
@@ -57,8 +57,8 @@ class TokenStats(nn.Module):
 
     def normalize(self, arch: ArchSpec, tokens: torch.Tensor) -> torch.Tensor:
         mean, std = self._stats(arch)
-        return (tokens - mean) / std * self.layout(arch).mask.to(tokens.dtype)
+        return (tokens - mean) / std * self.layout(arch).mask.to(tokens.device, tokens.dtype)
 
     def denormalize(self, arch: ArchSpec, tokens: torch.Tensor) -> torch.Tensor:
         mean, std = self._stats(arch)
-        return (tokens * std + mean) * self.layout(arch).mask.to(tokens.dtype)
+        return (tokens * std + mean) * self.layout(arch).mask.to(tokens.device, tokens.dtype)

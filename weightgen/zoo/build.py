@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import zlib
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -26,6 +27,7 @@ from rich.progress import (
 
 from weightgen import atomic
 from weightgen.config import ArchTemplate, ZooConfig, from_dict, to_dict
+from weightgen.devices import native_precision
 from weightgen.errors import ConfigError, WeightgenError, ZooError
 from weightgen.specs import ArchSpec
 from weightgen.tasks import TaskSpec, all_subset_tasks, get_task
@@ -186,7 +188,10 @@ def build_zoo(cfg: ZooConfig, out: str | Path, progress: bool = True) -> ZooStor
 
     if cfg.init == "lora":  # the base is pretrained (or taken from the cache) and copied into the zoo first
         manifest["lora"]["base_sha256"] = place_base(cfg, store, state)
+    # each process trains on its accelerator (state.device); bf16 only where that device runs it natively
     recipe = recipe_of(cfg)
+    recipe = replace(recipe, precision=native_precision(recipe.precision, state.device, "fp32",
+                                                        say=state.is_main_process))
     held, held_archs = set(manifest["held_out"]), set(manifest["held_out_archs"])
     mine = manifest["shards"][state.process_index :: state.num_processes]
     done = {s["file"]: store.shard_records(s["file"]) for s in manifest["shards"]}
@@ -209,13 +214,14 @@ def build_zoo(cfg: ZooConfig, out: str | Path, progress: bool = True) -> ZooStor
             if cfg.init == "lora":
                 frozen = load_base(store.root / "base", manifest["lora"]["base_sha256"])
                 init = init_factors(factor_shapes(frozen, cfg.lora), lora_init_generators(cfg, ids))
-                params, metrics = train_lora_batched(frozen, cfg.lora, tasks, init, recipe, g, on_step=step)
+                params, metrics = train_lora_batched(frozen, cfg.lora, tasks, init, recipe, g, on_step=step,
+                                                     device=state.device)
                 arch_meta = {"family": LORA_ARCH, "base_sha256": manifest["lora"]["base_sha256"]}
             else:
                 arch_meta = manifest["archs"][shard["arch"]]
                 arch = ArchSpec.from_dict(arch_meta)
                 init = _init(cfg, arch, arch_meta["template"], ids)
-                params, metrics = train_batched(arch, tasks, init, recipe, g, on_step=step)
+                params, metrics = train_batched(arch, tasks, init, recipe, g, on_step=step, device=state.device)
                 arch_meta = arch.to_dict()
             records = [
                 {"id": mid, "task": tid, "arch": shard["arch"], "seed": seed, "init": cfg.init,

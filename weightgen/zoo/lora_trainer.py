@@ -109,19 +109,23 @@ def adapter_logits(model: nn.Module, factors: dict[str, torch.Tensor], x: torch.
 def train_lora_batched(base: nn.Module, spec: LoRASpec, tasks: list[TaskSpec], init: dict[str, torch.Tensor],
                        recipe: Recipe, generator: torch.Generator,
                        on_step: Callable[[int, int], None] | None = None,
-                       metrics: bool = True) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    """Train len(tasks) adapters from `init` (K, *shape); returns (factors, per-adapter metrics on
-    every split; empty dicts with metrics=False)."""
+                       metrics: bool = True,
+                       device: torch.device | None = None) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """Train len(tasks) adapters from `init` (K, *shape) on `device` (default: where `init` is);
+    returns (factors, on the host, and per-adapter metrics on every split; empty dicts with
+    metrics=False). Data orders are drawn on the host from `generator`."""
     k = len(tasks)
+    device = next(iter(init.values())).device if device is None else torch.device(device)
     x_all, y_all, offset, sizes = pooled_train_data(tasks)
+    x_all, y_all, offset = x_all.to(device), y_all.to(device), offset.to(device)
     length = int(sizes.max())
     steps_per_epoch = math.ceil(length / recipe.batch_size)
-    model = multi_lora(base, spec)
-    params = {n: p.float().clone().requires_grad_(True) for n, p in init.items()}
+    model = multi_lora(base, spec).to(device)
+    params = {n: p.to(device).float().clone().requires_grad_(True) for n, p in init.items()}
     opt = recipe.make_optimizer(list(params.values()))
     total = recipe.epochs * steps_per_epoch
     for epoch in range(recipe.epochs):
-        order = epoch_order(sizes, length, generator) + offset[:, None]  # (K, length) global rows
+        order = epoch_order(sizes, length, generator).to(device) + offset[:, None]  # (K, length) global rows
         for s in range(steps_per_epoch):
             rows = order[:, s * recipe.batch_size : (s + 1) * recipe.batch_size].reshape(-1)
             xb = x_all.index_select(0, rows).view(k, -1, x_all.shape[1])
@@ -139,15 +143,16 @@ def train_lora_batched(base: nn.Module, spec: LoRASpec, tasks: list[TaskSpec], i
         m = evaluate_adapters(base, spec, final, tasks, split)
         for i in range(k):
             records[i][f"{split}_acc"], records[i][f"{split}_loss"] = m["acc"][i].item(), m["loss"][i].item()
-    return final, records
+    return {n: f.cpu() for n, f in final.items()}, records
 
 
 @torch.no_grad()
 def evaluate_adapters(base: nn.Module, spec: LoRASpec, factors: dict[str, torch.Tensor], tasks: list[TaskSpec],
                       split: str = "test", chunk: int = 16) -> dict[str, torch.Tensor]:
     """Accuracy and mean loss (K,) of K adapters, each on its own task's split (chunks of adapters
-    that share a split size run as one batch)."""
-    model = multi_lora(base, spec)
+    that share a split size run as one batch), computed where the factors are; returned on the host."""
+    device = next(iter(factors.values())).device
+    model = multi_lora(base, spec).to(device)
     acc, loss = torch.zeros(len(tasks)), torch.zeros(len(tasks))
     by_size: dict[int, list[int]] = {}
     for i, t in enumerate(tasks):
@@ -155,11 +160,11 @@ def evaluate_adapters(base: nn.Module, spec: LoRASpec, factors: dict[str, torch.
     for idx in by_size.values():
         for start in range(0, len(idx), chunk):
             part = idx[start : start + chunk]
-            x = torch.stack([tasks[i].split(split)[0] for i in part])
-            y = torch.stack([tasks[i].split(split)[1] for i in part])
+            x = torch.stack([tasks[i].split(split)[0] for i in part]).to(device)
+            y = torch.stack([tasks[i].split(split)[1] for i in part]).to(device)
             logits = adapter_logits(model, {n: f[part].float() for n, f in factors.items()}, x)
-            acc[part] = (logits.argmax(-1) == y).float().mean(1)
-            loss[part] = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(len(part), -1).mean(1)
+            losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(len(part), -1)
+            acc[part], loss[part] = (logits.argmax(-1) == y).float().mean(1).cpu(), losses.mean(1).cpu()
     return {"acc": acc, "loss": loss}
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from weightgen.devices import native_precision
 from weightgen.errors import ConfigError
 from weightgen.metrics import cross_entropy, evaluate_params
 from weightgen.specs import ArchSpec
@@ -34,7 +35,7 @@ class Recipe:
     weight_decay: float = 0.0
     epochs: int = 30
     batch_size: int = 64
-    precision: str = "fp32"  # fp32 | bf16 (matmuls under bf16 autocast; weights, loss and Adam in fp32)
+    precision: str = "fp32"  # fp32 | bf16 (matmuls in bf16 where native, weightgen/devices.py; the rest fp32)
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -77,7 +78,7 @@ def batch_loss(arch: ArchSpec, params: dict[str, torch.Tensor], xb: torch.Tensor
                precision: str = "fp32", transposed: bool = False) -> torch.Tensor:
     """Per-model mean loss (K,) of K networks on their batches xb (K, b, in), yb (K, b[, 1]): the
     zoo recipe's step loss (bf16 autocast for the matmuls if asked, the loss itself in fp32)."""
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         logits = arch.forward_batched(params, xb, transposed=transposed).float()  # (K, b, out)
     if loss_kind == "mse":
         return (logits - yb).pow(2).mean(dim=(1, 2))
@@ -91,15 +92,21 @@ def train_batched(
     recipe: Recipe,
     generator: torch.Generator,
     on_step: Callable[[int, int], None] | None = None,
+    device: torch.device | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
-    """Train len(tasks) networks from `init` (K, *shape); returns (params, per-model metrics)."""
+    """Train len(tasks) networks from `init` (K, *shape) on `device` (default: where `init` is);
+    returns (params, per-model metrics), on the host. Data orders are drawn on the host from
+    `generator`, so a zoo is the same whichever device trains it."""
     k = len(tasks)
+    device = next(iter(init.values())).device if device is None else torch.device(device)
+    precision = native_precision(recipe.precision, device, "fp32")
     uniq = list(dict.fromkeys(tasks))
     for t in uniq:
         if t.in_dim != arch.in_dim or t.out_dim != arch.out_dim:
             raise ConfigError(f"task {t.id} ({t.in_dim} in, {t.out_dim} out) does not fit {arch.describe()}")
     x_all, y_all, offset, sizes = pooled_train_data(tasks)
-    if recipe.precision == "bf16":
+    x_all, y_all, offset = x_all.to(device), y_all.to(device), offset.to(device)
+    if precision == "bf16":
         # autocast would cast every gathered batch to bf16; casting the data once saves that pass
         # (and is lossless for the digits, whose pixels are multiples of 1/16)
         x_all = x_all.to(torch.bfloat16)
@@ -110,26 +117,28 @@ def train_batched(
     # linear weights train as (K, in, out); see ArchSpec.forward_batched(transposed=True)
     linear = {n for n, p in init.items() if n.endswith("weight") and p.dim() == 3}
     params = {
-        n: (p.transpose(1, 2) if n in linear else p).float().contiguous().clone().requires_grad_(True)
+        n: (p.transpose(1, 2) if n in linear else p).to(device).float().contiguous().clone().requires_grad_(True)
         for n, p in init.items()
     }
     opt = recipe.make_optimizer(list(params.values()))
     total = recipe.epochs * steps_per_epoch
     for epoch in range(recipe.epochs):
-        order = epoch_order(sizes, length, generator) + offset[:, None]  # (K, length) global rows
+        order = epoch_order(sizes, length, generator).to(device) + offset[:, None]  # (K, length) global rows
         for s in range(steps_per_epoch):
             rows = order[:, s * recipe.batch_size : (s + 1) * recipe.batch_size]  # (K, b)
             flat_rows = rows.reshape(-1)  # index_select is ~3x faster than advanced indexing here
             xb = x_all.index_select(0, flat_rows).view(k, rows.shape[1], -1)  # (K, b, in)
             yb = y_all.index_select(0, flat_rows).view(k, rows.shape[1], *y_all.shape[1:])  # (K, b[, 1])
-            per_model = batch_loss(arch, params, xb, yb, loss_kind, recipe.precision, transposed=True)
+            per_model = batch_loss(arch, params, xb, yb, loss_kind, precision, transposed=True)
             opt.zero_grad(set_to_none=True)
             per_model.sum().backward()
             opt.step()
             if on_step is not None:
                 on_step(epoch * steps_per_epoch + s + 1, total)
 
-    final = {n: (p.detach().transpose(1, 2) if n in linear else p.detach()).contiguous() for n, p in params.items()}
+    # back on the host, to be saved and scored there
+    final = {n: (p.detach().transpose(1, 2) if n in linear else p.detach()).cpu().contiguous()
+             for n, p in params.items()}
     records = [{} for _ in range(k)]
     for split in SPLITS:
         m = evaluate_params(arch, final, tasks, split)
