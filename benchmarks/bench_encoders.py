@@ -20,7 +20,7 @@ The last line printed is JSON.
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import time
 from pathlib import Path
@@ -42,10 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_train_script(name: str, config_cls, config: str, overrides: list[str]) -> str:
-    """Train through the script's own main(cfg); returns the output folder."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "train" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    """Train through the script's main(cfg) (weightgen/train/, which train/NAME.py wraps); returns the output folder."""
+    module = importlib.import_module(f"weightgen.train.{name.removeprefix('train_')}")
     cfg = load_config(config_cls, ROOT / "configs" / "encoder" / config, overrides)
     module.main(cfg)
     return cfg.out

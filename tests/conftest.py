@@ -95,20 +95,11 @@ def torch_one_thread():
 
 
 def load_train_script(name: str):
-    """The training module behind `train/train_NAME.py` (its main and config), so tests can call
-    `main(cfg)` in-process: weightgen/train/NAME.py for generators, the script itself for encoders."""
+    """The training module behind `train/train_NAME.py` (weightgen/train/NAME.py: its main and
+    config), so tests can call `main(cfg)` in-process."""
     import importlib
-    import importlib.util
 
-    if (ROOT / "weightgen" / "train" / f"{name}.py").is_file():
-        return importlib.import_module(f"weightgen.train.{name}")
-    module_name = f"_weightgen_train_{name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, ROOT / "train" / f"train_{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
+    return importlib.import_module(f"weightgen.train.{name}")
 
 
 @pytest.fixture(scope="session")

@@ -301,7 +301,7 @@ def test_encoded_zoo_holds_every_arch_without_held_out_models(train_script, debu
 def test_resuming_a_checkpoint_of_another_shape_is_one_clear_error(debug_zoo, train_script, tmp_path, repo_root):
     """A run whose checkpoints were saved by a differently shaped model (another config, or a weightgen
     whose task code was shorter) is refused with the reason, not a load_state_dict traceback."""
-    from weightgen.errors import GeneratorError
+    from weightgen.errors import ConfigError
 
     script = train_script("set_diffusion")
     config = repo_root / "configs" / "generator" / "debug-set-diffusion.yaml"
@@ -310,5 +310,5 @@ def test_resuming_a_checkpoint_of_another_shape_is_one_clear_error(debug_zoo, tr
     assert latest_checkpoint(out)[0] is not None
     wider = load_config(script.SetDiffusionConfig, config, [f"zoo={debug_zoo.root}", f"out={out}", "steps=2",
                                                             "attention_head_dim=12"])
-    with pytest.raises(GeneratorError, match="another shape"):
+    with pytest.raises(ConfigError, match="another shape"):
         script.main(wider)

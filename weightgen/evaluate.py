@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from weightgen import baselines as bl
 from weightgen.errors import ArchError, ConfigError
 from weightgen.metrics import (  # noqa: F401  (re-exported: the metrics were defined here before)
     accuracy_stats,
@@ -197,8 +198,6 @@ def evaluate_samples(
     "nearest_task", "probe_iou", "disagreement", "nearest_probe_id", "as_new", "as_new_iou"}},
     baselines adding how they were made. finetune holds the target, budget, step counts of both
     kinds of start and the speedup. Absent parts are None."""
-    from weightgen import baselines as bl  # it builds on this module's metrics, so it is imported late
-
     if (task.in_dim, task.out_dim) != (arch.in_dim, arch.out_dim):
         raise ArchError(f"task {task.id} ({task.in_dim} in, {task.out_dim} out) does not fit {arch.describe()}")
     flat = flat.detach().float().cpu()

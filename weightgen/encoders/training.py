@@ -7,7 +7,6 @@ everything reusable lives here.
 from __future__ import annotations
 
 import json
-import math
 import re
 import shutil
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ import torch
 
 from weightgen.config import to_dict
 from weightgen.encoders.base import TokenCodecMixin
-from weightgen.errors import ZooError
+from weightgen.errors import ConfigError, ZooError
 from weightgen.metrics import cross_entropy
 from weightgen.space.dataset import ArchWeights, zoo_weights
 from weightgen.tasks import get_task
@@ -61,20 +60,31 @@ class AutoencoderConfig(EncoderTrainConfig):
     latent_l2: float = 1e-3  # keeps latents near unit scale, so the noise has a fixed meaning
 
 
-def warmup_cosine(opt: torch.optim.Optimizer, steps: int, warmup: float = 0.05) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over the first `warmup` of the run, then cosine decay to 0 at `steps`.
+WARMUP = 0.05  # share of a run's steps spent warming the learning rate up
 
-    A pure function of the step index (its state is just the step), so a run resumed with a larger
-    `steps` follows the new schedule instead of running past the end of the old one."""
-    n_warm = max(1, int(warmup * steps))
 
-    def factor(step: int) -> float:
-        if step < n_warm:
-            return (step + 1) / n_warm
-        progress = min(1.0, (step - n_warm) / max(1, steps - n_warm))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
+def lr_schedule(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """diffusers' linear warm-up (the first WARMUP of the run) + cosine decay to 0 at `steps`. Its
+    state is only the step index, so a run resumed with a larger `steps` follows the new schedule
+    instead of running past the end of the old one."""
+    from diffusers.optimization import get_cosine_schedule_with_warmup
 
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return get_cosine_schedule_with_warmup(opt, max(1, int(WARMUP * steps)), steps)
+
+
+def resume(accelerator, out: str | Path) -> int:
+    """Load the newest complete `OUT/checkpoints/step_N` into the accelerator, if any: the step to
+    start at. Every train script (encoders and generators) resumes through this one function."""
+    ckpt, start = latest_checkpoint(out)
+    if ckpt is not None:
+        try:
+            accelerator.load_state(str(ckpt))
+        except RuntimeError as e:  # e.g. a run started before the task code grew (weightgen.tasks.TASK_CODE_DIM)
+            what = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), "shapes differ")
+            raise ConfigError(f"{ckpt} holds a model of another shape than this config builds ({what}); "
+                              f"train into a new out folder, or remove {Path(out) / 'checkpoints'}") from e
+        accelerator.print(f"resumed from {ckpt} (step {start})")
+    return start
 
 
 def load_weights(cfg: EncoderTrainConfig) -> list[ArchWeights]:

@@ -169,7 +169,7 @@ def prepare_training(accelerator, cfg: GeneratorTrainConfig, model: torch.nn.Mod
     loaded. Returns (prepared model, optimiser, schedule, EMA, start step)."""
     from diffusers.training_utils import EMAModel
 
-    from weightgen.encoders.training import warmup_cosine
+    from weightgen.encoders.training import lr_schedule, resume
     from weightgen.generators.init_from import check_run, init_from_parent, zoo_fingerprint
 
     zoo = cfg.zoo or encoder_settings(getattr(cfg, "encoder", "") or getattr(cfg, "tokenizer", ""))["zoo"]
@@ -178,29 +178,13 @@ def prepare_training(accelerator, cfg: GeneratorTrainConfig, model: torch.nn.Mod
     if cfg.init_from:  # before the EMA copies the weights; a resumed run's load_state then overrides them
         init_from_parent(model, cfg.init_from, accelerator.print)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = warmup_cosine(opt, cfg.steps)
+    sched = lr_schedule(opt, cfg.steps)
     ema = EMAModel(model.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=3 / 4)
     prepared, opt = accelerator.prepare(model, opt)
     accelerator.register_for_checkpointing(sched, ema)
     start = resume(accelerator, cfg.out)
     ema.to(accelerator.device)  # the shadows follow the model (load_state brings them back on the host)
     return prepared, opt, sched, ema, start
-
-
-def resume(accelerator, out: str | Path) -> int:
-    """Load the newest complete `OUT/checkpoints/step_N` into the accelerator, if any: the step to start at."""
-    from weightgen.encoders.training import latest_checkpoint
-
-    ckpt, start = latest_checkpoint(out)
-    if ckpt is not None:
-        try:
-            accelerator.load_state(str(ckpt))
-        except RuntimeError as e:  # e.g. a run started before the task code grew (weightgen.tasks.TASK_CODE_DIM)
-            what = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), "shapes differ")
-            raise GeneratorError(f"{ckpt} holds a model of another shape than this config builds ({what}); "
-                                 f"train into a new out folder, or remove {Path(out) / 'checkpoints'}") from e
-        accelerator.print(f"resumed from {ckpt} (step {start})")
-    return start
 
 
 def noised(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, prediction_type: str):

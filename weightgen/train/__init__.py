@@ -1,3 +1,4 @@
-"""The training entry points of every generator: one `main(cfg)` and its config dataclass per module
-(`diffusion`, `autoregressive`, `set_diffusion`, `set_ar`). The scripts in `train/` are thin wrappers
-over them, so quickstart, benchmarks and tests import the package, never a script."""
+"""The training entry points: one `main(cfg)` per trainable component (`autoencoder`, `tokenizer`,
+`diffusion`, `autoregressive`, `set_diffusion`, `set_ar`), each with its config dataclass. The
+scripts in `train/` are thin wrappers over them, so quickstart, benchmarks and tests import the
+package, never a script."""

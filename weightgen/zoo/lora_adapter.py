@@ -46,13 +46,18 @@ def save_adapter(folder: str | Path, factors: dict[str, torch.Tensor], lora: dic
     """Write one adapter's factors (`<module>.lora_A` (r, in), `<module>.lora_B` (out, r)) as a PEFT
     folder; `lora` is the zoo.json `lora` entry (rank, alpha, target_modules, base_sha256)."""
     folder = Path(folder)
+    from peft import set_peft_model_state_dict
+
     model = peft_model(load_base(base_folder, lora["base_sha256"]), lora)
-    inner = model.base_model.model
-    for name, value in factors.items():
-        module, _, which = name.rpartition(".")
-        if not torch.isfinite(value).all():
-            raise CheckpointError(f"adapter factor {name} holds non-finite values; nothing was written")
-        getattr(inner.get_submodule(module), which)["default"].weight.copy_(value)
+    bad = [name for name, value in factors.items() if not torch.isfinite(value).all()]
+    if bad:
+        raise CheckpointError(f"adapter factor {bad[0]} holds non-finite values; nothing was written")
+    # peft's own key mapping (it inserts the adapter name); every factor must land in the model
+    result = set_peft_model_state_dict(model, {f"{PEFT_PREFIX}{name}.weight": value for name, value in factors.items()})
+    missing = [k for k in result.missing_keys if ".lora_" in k]
+    if result.unexpected_keys or missing:
+        raise CheckpointError(f"adapter factors do not match this base's LoRA modules "
+                              f"(unexpected {sorted(result.unexpected_keys)[:2]}, missing {sorted(missing)[:2]})")
     info = {"format": ADAPTER_FORMAT, "base_sha256": lora["base_sha256"], "base": lora.get("base"), **meta}
     if folder.exists() and not (folder / META_NAME).is_file():
         raise CheckpointError(f"{folder} exists and is not a weightgen adapter folder; choose another output")
