@@ -139,7 +139,7 @@ def test_every_model_reproduces_recorded_metrics(debug_zoo):
 def test_every_exported_model_loads_and_reproduces_test_acc(debug_zoo, tmp_path):
     for r in debug_zoo.records:
         for out in (tmp_path / f"{r['id']}.safetensors", tmp_path / f"hub-{r['id']}"):
-            zoo_export(debug_zoo.root, r["id"], out)  # the `weightgen zoo export` command, in-process
+            zoo_export(debug_zoo.root, out, model_id=r["id"], tasks=[], archs=[], split="all", quiet=True)  # in-process
             module = weightgen.load_model(out)
             assert module.task == get_task(r["task"]) and module.arch == debug_zoo.archs[r["arch"]]
             assert module.weightgen_meta["zoo_id"] == r["id"]

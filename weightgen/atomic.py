@@ -2,18 +2,29 @@
 
 A reader (or a resumed job after `kill -9`) sees either the old file or the complete new one, never
 a partial file. Temporary names end in `.tmp` so a resumed job can recognise and remove leftovers.
+
+Safetensors files are also reproducible and checksummed: the header is written with sorted keys
+(the safetensors library emits its metadata in a per-process random hash order, so the same seed
+gave different bytes), and `write_safetensors` adds `SHA256_KEY`, a digest of the other metadata and
+of every tensor, which readers (weightgen.checkpoint, weightgen.zoo.store) check with `sha256_of`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
+
+from weightgen.errors import WeightgenError
+
+SHA256_KEY = "sha256"  # metadata key; its value is a JSON string, so every other value may be JSON too
 
 
 @contextlib.contextmanager
@@ -56,9 +67,35 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def sha256_of(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """Hex sha256 over the metadata (all but SHA256_KEY) and every tensor's name, dtype, shape and
+    bytes, in sorted order: any flipped bit, relabelled dtype or reshaped tensor changes it."""
+    h = hashlib.sha256()
+    for key in sorted(k for k in metadata if k != SHA256_KEY):
+        h.update(json.dumps([key, metadata[key]]).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # raw bytes, whatever the dtype (bf16 has no numpy)
+    return h.hexdigest()
+
+
 def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    """Write tensors plus metadata and its SHA256_KEY; the same tensors and metadata always give
+    the same bytes, in one process or across processes."""
+    if SHA256_KEY in metadata:
+        raise WeightgenError(f"metadata key '{SHA256_KEY}' is reserved for the file's checksum")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    metadata = {**metadata, SHA256_KEY: json.dumps(sha256_of(tensors, metadata))}
+    data = save(tensors, metadata=metadata)
+    # re-emit the header sorted; the tensors' byte layout is already deterministic (by dtype, then name)
+    n = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # safetensors pads its header to 8 bytes, keeping tensors aligned
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(len(header).to_bytes(8, "little"))
+        f.write(header)
+        f.write(memoryview(data)[8 + n :])
 
 
 def remove_leftovers(folder: str | Path) -> None:

@@ -9,13 +9,21 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from weightgen.errors import WeightgenError
+from weightgen.cli_checks import (
+    ABORTS,
+    USAGE_ERRORS,
+    check_path,
+    check_report_path,
+    check_sampling_args,
+    check_text,
+    one_line,
+)
+from weightgen.errors import WeightgenError, shorten
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Generate neural-network weights from text.")
 # piped output (logs, CI) gets room for the tables instead of rich's 80-column default
@@ -34,6 +42,8 @@ def parse(
     from weightgen.specs import ArchSpec, find_arch
     from weightgen.tasks import TaskSpec
 
+    check_text("the prompt", prompt)
+    check_text("--arch", arch)
     task = TaskSpec.from_prompt(prompt)
     spec = ArchSpec.parse(arch) if arch else find_arch(prompt)[0]
     source = "--arch" if arch else "prompt"
@@ -63,7 +73,7 @@ def inspect(path: Path = typer.Argument(..., help="Checkpoint file or hub-style 
     from weightgen.specs import ArchSpec
     from weightgen.zoo.lora_adapter import META_NAME, read_adapter
 
-    if (path / META_NAME).is_file():  # a LoRA adapter written by `sample` or `zoo export`
+    if check_path(path).is_dir() and (path / META_NAME).is_file():  # a LoRA adapter written by `sample` or `zoo export`
         factors, meta = read_adapter(path)
         table = Table(show_header=False)
         table.add_row("adapter", f"PEFT LoRA, {sum(f.numel() for f in factors.values()):,} numbers in {len(factors)} factors")
@@ -77,12 +87,17 @@ def inspect(path: Path = typer.Argument(..., help="Checkpoint file or hub-style 
     table.add_row("arch", arch.describe())
     table.add_row("parameters", f"{arch.layout().numel:,} in {len(sd)} tensors")
     task = meta.get("task") or {}
-    table.add_row("task", f"{task.get('id', '-')}: {task.get('description', '')}")
-    table.add_row("prompt", meta.get("prompt") or "-")
+    # metadata is whatever the file says: shown as inert text (no rich markup, no terminal escapes)
+    table.add_row("task", _shown(f"{task.get('id', '-')}: {task.get('description', '')}"))
+    table.add_row("prompt", _shown(meta.get("prompt") or "-"))
     for k, v in meta.items():
         if k not in ("arch", "task", "prompt"):
-            table.add_row(k, escape(str(v)))
+            table.add_row(_shown(k), _shown(v))
     console.print(table)
+
+
+def _shown(value) -> str:
+    return escape(shorten(str(value), 2_000))
 
 
 @app.command("sample")
@@ -103,49 +118,31 @@ def sample(
     """Generate networks for a prompt, write them as checkpoints, and evaluate them on the task."""
     import json as _json
 
-    from weightgen.generate import check_writable, sample_to_folder, summary
-    from weightgen.home import LORA_PIPELINES, load_generator
+    check_text("the prompt", prompt)  # every argument is checked before anything heavy is imported or loaded
+    check_text("--arch", arch)
+    check_sampling_args(num_samples, seed, steps, guidance, temperature)
+    from weightgen.generate import check_writable
+    from weightgen.home import load_generator
+    from weightgen.sampling import default_out, is_lora, sample_prompt
 
-    if not prompt.strip():
-        raise WeightgenError("the prompt is empty; describe a task such as 'classify digits 3, 5 and 8'")
-    if num_samples < 1:
-        raise WeightgenError(f"-n must be at least 1, got {num_samples}")
     if out is not None:
         check_writable(out)  # fail before loading anything
     _quiet_loading()
     pipe, found, path = load_generator(generator, kind)
-    if type(pipe).__name__ in LORA_PIPELINES:  # PEFT adapters of the generator's base, not MLP checkpoints
-        _sample_adapters(pipe, path, prompt, arch, out, num_samples, seed, steps, guidance, temperature, no_eval, as_json)
-        return
-    req = pipe.resolve(prompt, arch)
-    if not as_json and arch is None and find_arch_in(prompt) is None:
-        console.print(f"arch: {req.arch.describe()} (the task's default; pass --arch for another)")
-    out = out or Path("runs/samples") / f"{req.task.id if req.task else 'prompt'}-{req.arch.slug}"
-    run = sample_to_folder(pipe, found, path, prompt, out, arch=req.arch, num_samples=num_samples, seed=seed,
-                           steps=steps, guidance=guidance, temperature=temperature, evaluate=not no_eval)
-    result = summary(run, prompt, path, found, seed, out)
+    if not as_json and not is_lora(pipe) and arch is None and find_arch_in(prompt) is None:
+        console.print(f"arch: {pipe.resolve(prompt, None).arch.describe()} (the task's default; pass --arch for another)")
+    out = out or default_out(pipe, prompt, arch)
+    result = sample_prompt(pipe, found, path, prompt, out, arch=arch, num_samples=num_samples, seed=seed, steps=steps,
+                           guidance=guidance, temperature=temperature, evaluate=not no_eval)
     if as_json:
         print(_json.dumps(result, allow_nan=False))
-        return
-    _print_sample_report(result)
+    elif is_lora(pipe):
+        _print_adapter_report(result, out)
+    else:
+        _print_sample_report(result)
 
 
-def _sample_adapters(pipe, path, prompt, arch, out, num_samples, seed, steps, guidance, temperature, no_eval, as_json):
-    import json as _json
-
-    from weightgen.generate_lora import sample_adapters_to_folder
-    from weightgen.generators.lora_diffusion import lora_task
-
-    if arch is not None:
-        raise WeightgenError("--arch does not apply to a LoRA generator: it makes adapters of its own base model")
-    conditioner = getattr(pipe, "denoiser", None) or pipe.prefix  # diffusion or AR: where task_kinds live
-    task = lora_task(prompt, conditioner.config.task_kinds)  # fails before sampling, with one sentence
-    out = out or Path("runs/samples") / f"{task.id}-lora"
-    result = sample_adapters_to_folder(pipe, path, prompt, out, num_samples, seed, steps, guidance, temperature,
-                                       evaluate=not no_eval)
-    if as_json:
-        print(_json.dumps(result, allow_nan=False))
-        return
+def _print_adapter_report(result: dict, out: Path) -> None:
     console.print(f"wrote {result['num_finite']} PEFT adapters of {escape(result['base'])} to {escape(str(out))} "
                   f"(best by validation accuracy: {escape(str(result['best']))})")
     report = result["report"]
@@ -244,6 +241,10 @@ def eval_cmd(
     """Score checkpoints on their task; writes report.json."""
     import json as _json
 
+    check_text("--task", task)
+    for path in paths:
+        check_path(path)
+    check_report_path(out)  # before the evaluation (and its imports), so a bad --out never throws results away
     from weightgen import atomic
     from weightgen.generate import evaluate_paths
 
@@ -276,9 +277,11 @@ def quickstart(
     from weightgen.generate import check_writable, sample_to_folder, summary
     from weightgen.home import home, load_generator
     from weightgen.quickstart import lora_stages, run_stages, stages
+    from weightgen.sampling import sample_prompt
     from weightgen.tasks import get_task
     from weightgen.zoo.store import ZooStore
 
+    check_sampling_args(num_samples, 0)
     out = check_writable(out or Path("runs/samples/quickstart" + ("-lora" if lora else "")))
     start = time.perf_counter()
     _quiet_loading()
@@ -291,7 +294,7 @@ def quickstart(
         prompt = get_task(held[0]).description
         console.rule(f"[{len(all_stages) + 1}/{len(all_stages) + 1}] PEFT adapters for a held-out shift: \"{prompt}\"")
         pipe, _, path = load_generator(paths["generator"], None)
-        _sample_adapters(pipe, path, prompt, None, out, num_samples, 0, None, None, None, False, False)
+        _print_adapter_report(sample_prompt(pipe, "diffusion", path, prompt, out, num_samples=num_samples), out)
         console.print(f"quickstart --lora done in {(time.perf_counter() - start) / 60:.1f} min")
         return
     # a held-out 3-class task: harder than a pair of digits, and the README's running example
@@ -331,7 +334,7 @@ def run_script(script_main, config_cls, argv: list[str]) -> None:
             raise WeightgenError("after the config, only --set key=value pairs are accepted")
         script_main(load_config(config_cls, argv[0], overrides))
     except WeightgenError as e:
-        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {escape(str(e))}")
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {escape(one_line(str(e)))}")
         sys.exit(2)
 
 
@@ -339,12 +342,12 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except WeightgenError as e:
-        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {escape(str(e))}")  # one line
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {escape(one_line(str(e)))}")  # one line
         sys.exit(2)
-    except click.ClickException as e:
+    except USAGE_ERRORS as e:
         e.show()
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except ABORTS:
         Console(stderr=True).print("aborted")
         sys.exit(130)
 

@@ -3,11 +3,17 @@
 `load_config(ZooConfig, "configs/zoo/debug.yaml", ["epochs=3", "tasks.subsets_per_k=2"])` reads the
 YAML, applies dotted `key=value` overrides (values parsed as YAML), and builds the dataclass. An
 unknown key is an error that names the key and the valid ones. Configs are never mutated after load.
+
+Size guards come before any work: a config file is at most MAX_CONFIG_BYTES, holds at most
+MAX_VALUES values once YAML anchors are expanded (a "billion laughs" bomb is a few lines that expand
+to 10^9 values), lists have at most MAX_ITEMS items, integers fit in 64 bits, and messages quote
+values through `errors.short`, so reporting a bad value never formats a huge one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from dataclasses import dataclass
@@ -15,7 +21,13 @@ from pathlib import Path
 
 import yaml
 
-from weightgen.errors import ConfigError
+from weightgen.errors import ConfigError, short, shorten
+
+MAX_CONFIG_BYTES = 1_000_000  # the largest config in configs/ is under 2 KB
+MAX_VALUES = 100_000  # values in one config, anchors expanded
+MAX_ITEMS = 10_000  # items in one list (1,013 digits subset tasks exist in all)
+MAX_SEEDS = 10_000  # models per (task, arch)
+MAX_MODELS = 1_000_000  # models in one zoo (the largest in configs/zoo has 8,532)
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,23 @@ class ZooConfig:
     models_per_shard: int = 512  # models trained together and stored in one shard file
     seed: int = 0  # drives task sampling, hold-out, inits and data order
 
+    def __post_init__(self):
+        # checked here, before build plans one entry per model: `seeds=1000000000` must not allocate
+        if not 1 <= self.seeds <= MAX_SEEDS:
+            raise ConfigError(f"seeds must be between 1 and {MAX_SEEDS:,}, got {short(self.seeds)}")
+        if self.models_per_shard < 1 or self.epochs < 0 or self.batch_size < 1:
+            raise ConfigError("models_per_shard and batch_size must be at least 1 and epochs at least 0")
+        if self.planned_models > MAX_MODELS:
+            raise ConfigError(f"the config plans up to {self.planned_models:,} models, over the cap of {MAX_MODELS:,}")
+
+    @property
+    def planned_models(self) -> int:
+        """An upper bound on the zoo's model count, by arithmetic (k-class subsets of the ten digits)."""
+        subsets = sum(min(self.tasks.subsets_per_k or math.comb(10, k), math.comb(10, k))
+                      for k in self.tasks.subset_k if 0 <= k <= 10)
+        archs = 1 if self.init == "lora" else len(self.archs)
+        return (len(self.tasks.ids) + subsets) * archs * self.seeds
+
 
 class _Loader(yaml.SafeLoader):
     """YAML with only true / false as booleans (as YAML 1.2): PyYAML's 1.1 rules read
@@ -114,37 +143,66 @@ def load_config(cls, path: str | Path | None = None, overrides: typing.Sequence[
     raw: dict = {}
     if path is not None:
         path = Path(path)
+        name = shorten(str(path))
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            raw = _load_yaml(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]})") from e
+            raise ConfigError(f"config file {name} does not exist")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {name} is over {MAX_CONFIG_BYTES:,} bytes; configs only override a few keys")
+        raw = _parse(path.read_bytes(), f"config file {name}") or {}
         if not isinstance(raw, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+            raise ConfigError(f"config file {name} must hold a mapping of keys to values")
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"override '{item}' must look like key=value (e.g. epochs=5)")
+            raise ConfigError(f"override {short(item)} must look like key=value (e.g. epochs=5)")
         node = raw
         *parents, leaf = key.strip().split(".")
         for p in parents:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override '{item}': '{p}' is not a section")
-        node[leaf] = _load_yaml(value)
-    return from_dict(cls, raw, where=str(path) if path else "config")
+                raise ConfigError(f"override {short(item)}: {short(p)} is not a section")
+        node[leaf] = _parse(value, f"override {short(item)}")
+    _check_size(raw)
+    return from_dict(cls, raw, where=shorten(str(path)) if path else "config")
+
+
+def _parse(text: str | bytes, what: str):
+    """YAML text -> Python values, every failure (bad syntax or encoding, nesting past the stack) one ConfigError."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{what} is over {MAX_CONFIG_BYTES:,} bytes")
+    try:
+        return _load_yaml(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} is not valid YAML ({shorten(str(e).splitlines()[0], 120)})") from e
+    except (UnicodeDecodeError, RecursionError) as e:
+        raise ConfigError(f"{what} is not readable YAML (not UTF-8 text, or nested too deeply)") from e
+
+
+def _check_size(raw) -> None:
+    """Count values as a reader would see them (anchors expanded), stopping at MAX_VALUES: an anchor
+    bomb is refused after at most that many steps, and nothing is ever expanded in memory."""
+    seen, stack = 0, [raw]
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise ConfigError(f"the config holds over {MAX_VALUES:,} values once YAML anchors are expanded "
+                              "(an anchor bomb?)")
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def from_dict(cls, raw, where: str = "config"):
     if dataclasses.is_dataclass(raw):
         return raw
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must be a mapping, got {raw!r}")
+        raise ConfigError(f"{where} must be a mapping, got {short(raw)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown key '{unknown[0]}' in {where}; valid keys: {', '.join(fields)}")
+        raise ConfigError(f"unknown key {short(unknown[0])} in {where}; valid keys: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
     return cls(**{k: _coerce(hints[k], v, f"{where}.{k}") for k, v in raw.items()})
 
@@ -155,17 +213,21 @@ def _coerce(tp, value, where: str):
         return from_dict(tp, value, where)
     if origin is tuple:
         items = value if isinstance(value, (list, tuple)) else [value]
+        if len(items) > MAX_ITEMS:
+            raise ConfigError(f"{where} has {len(items):,} items, over the cap of {MAX_ITEMS:,}")
         return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(items))
     if tp is float:
         # YAML 1.1 reads "1e-3" (no dot) as a string, so numeric strings are accepted for floats
         try:
-            if not isinstance(value, bool) and isinstance(value, (int, float, str)):
+            if not isinstance(value, bool) and isinstance(value, (int, float, str)) and math.isfinite(float(value)):
                 return float(value)
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: an integer beyond float range
             pass
-        raise ConfigError(f"{where} must be a number, got {value!r}")
+        raise ConfigError(f"{where} must be a finite number, got {short(value)}")
     if tp in (int, str, bool) and not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise ConfigError(f"{where} must be {tp.__name__}, got {value!r}")
+        raise ConfigError(f"{where} must be {tp.__name__}, got {short(value)}")
+    if tp is int and not -(2**63) <= value < 2**63:  # seeds reach torch.manual_seed, which takes 64 bits
+        raise ConfigError(f"{where} must fit in 64 bits, got {short(value)}")
     return value
 
 

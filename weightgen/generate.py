@@ -19,9 +19,11 @@ import torch
 
 from weightgen import atomic
 from weightgen.checkpoint import save_model
+from weightgen.cli_checks import MAX_SAMPLE_FLOATS, check_sampling_args
 from weightgen.errors import GeneratorError, WeightgenError
 from weightgen.evaluate import evaluate_samples, score_flat
 from weightgen.generators.common import GeneratedWeights
+from weightgen.specs import ArchSpec
 from weightgen.zoo.store import ZooStore
 
 
@@ -74,8 +76,11 @@ def generator_zoo(generator_dir: str | Path) -> ZooStore | None:
 def draw(pipe, kind: str, prompt: str, arch, num_samples: int, seed: int, steps: int | None,
          guidance: float | None, temperature: float | None) -> GeneratedWeights:
     """Sample a pipeline with the CLI's options (None = the pipeline's default)."""
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise GeneratorError(f"the number of samples must be at least 1, got {num_samples}")
+    check_sampling_args(num_samples, seed, steps, guidance, temperature)
+    spec = ArchSpec.parse(arch) if isinstance(arch, str) else arch
+    if isinstance(spec, ArchSpec) and num_samples * spec.num_params > MAX_SAMPLE_FLOATS:
+        raise GeneratorError(f"{num_samples:,} samples of {spec.describe()} would take over "
+                             f"{MAX_SAMPLE_FLOATS * 4 // 2**30} GiB; ask for fewer")
     kwargs = {"num_samples": num_samples, "generator": seed}
     if temperature is not None:
         kwargs["temperature"] = temperature

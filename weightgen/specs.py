@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import re
 from dataclasses import dataclass
 
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from weightgen.errors import ArchError
+from weightgen.errors import ArchError, short
 
 # Activation registry: config name -> (functional form, display name in arch text).
 ACTIVATIONS = {
@@ -36,6 +37,14 @@ ACTIVATIONS = {
 FAMILIES = {"mlp": "MLP", "cnn": "CNN", "inr": "INR"}
 IMAGE_SIDE = 8  # the digits images are 1x8x8
 EXAMPLES = "'MLP 64-32-10, ReLU', 'CNN 8-16-10, GELU' or 'INR 2-32-32-1, Tanh'"
+# Size caps, checked before anything is allocated: weightgen generates small networks, and an arch read
+# from a file or a prompt ("MLP 64-1000000000-10") must not be able to ask for gigabytes.
+MAX_WIDTH = 65_536  # one layer's width (or a cnn's channels)
+MAX_LAYERS = 64
+MAX_PARAMS = 2**26  # 67M parameters, 256 MiB in float32
+# Weight dtypes: floating point that torch can compute with. Integers are not weights, and float8
+# cannot be concatenated or evaluated by the CPU kernels used here.
+WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 _ARCH_RE = re.compile(
     r"\b(mlp|cnn|inr)\s+(\d+(?:\s*[-x×]\s*\d+)+)(?:\s*,?\s*(?:with\s+)?(relu|gelu|tanh)\b)?",
@@ -66,14 +75,20 @@ class ParamLayout:
         """state_dict of tensors (*lead, *shape) -> (*lead, P); `lead` may be empty or a batch."""
         missing = [n for n in self.names if n not in state_dict]
         if missing:
-            raise ArchError(f"state_dict lacks parameters {missing} of this architecture")
-        parts = []
+            raise ArchError(f"state_dict lacks parameters {short(missing)} of this architecture")
+        parts, leads = [], set()
         for name, shape in zip(self.names, self.shapes):
             t = state_dict[name]
-            lead = t.shape[: t.dim() - len(shape)]
+            if not isinstance(t, torch.Tensor) or t.dtype not in WEIGHT_DTYPES:
+                what = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ArchError(f"parameter '{name}' is {what}; weights must be float16, bfloat16, float32 or float64")
+            lead = t.shape[: max(t.dim() - len(shape), 0)]
             if tuple(t.shape[len(lead):]) != shape:
                 raise ArchError(f"parameter '{name}' has shape {tuple(t.shape)}, expected {shape}")
+            leads.add(tuple(lead))
             parts.append(t.reshape(*lead, -1))
+        if len(leads) > 1:  # a stray leading dimension on one tensor: no common batch shape to stack on
+            raise ArchError(f"parameters have different leading (batch) dimensions {short(sorted(leads))}")
         return torch.cat(parts, dim=-1)
 
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -130,17 +145,38 @@ class ArchSpec:
     activation: str = "relu"
 
     def __post_init__(self):
-        object.__setattr__(self, "sizes", tuple(int(s) for s in self.sizes))
-        if self.family not in FAMILIES:
-            raise ArchError(f"unknown architecture family '{self.family}'; known: {', '.join(FAMILIES)}")
-        if self.activation not in ACTIVATIONS:
-            raise ArchError(f"unknown activation '{self.activation}'; known: {', '.join(ACTIVATIONS)}")
-        if len(self.sizes) < 2 or min(self.sizes) < 1:
-            raise ArchError(f"{self.family} needs at least two positive sizes, got {self.sizes}")
+        # sizes are whole numbers: no bools, floats (inf, 1e300) or digit strings from a corrupt file
+        sizes = self.sizes
+        if not isinstance(sizes, (tuple, list)) or not all(
+                isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in sizes):
+            raise ArchError(f"architecture sizes must be a list of integers, got {short(sizes)}")
+        if not 2 <= len(sizes) <= MAX_LAYERS + 1:
+            raise ArchError(f"an architecture needs 2 to {MAX_LAYERS + 1} sizes, got {len(sizes)}")
+        object.__setattr__(self, "sizes", tuple(int(s) for s in sizes))
+        if not isinstance(self.family, str) or self.family not in FAMILIES:
+            raise ArchError(f"unknown architecture family {short(self.family)}; known: {', '.join(FAMILIES)}")
+        if not isinstance(self.activation, str) or self.activation not in ACTIVATIONS:
+            raise ArchError(f"unknown activation {short(self.activation)}; known: {', '.join(ACTIVATIONS)}")
+        if min(self.sizes) < 1:
+            raise ArchError(f"{self.family} needs positive sizes, got {short(self.sizes)}")
+        if max(self.sizes) > MAX_WIDTH:
+            raise ArchError(f"layer sizes are capped at {MAX_WIDTH:,}, got {short(max(self.sizes))}")
         if self.family == "cnn" and len(self.sizes) - 1 > 3:
             raise ArchError("a cnn on 8x8 images has at most 3 stride-2 conv layers")
         if self.family == "inr" and (self.sizes[0] != 2 or self.sizes[-1] != 1):
             raise ArchError(f"an inr maps (x, y) to one intensity, so sizes must be 2-...-1, got {self.sizes}")
+        if self.num_params > MAX_PARAMS:
+            raise ArchError(f"{self.describe()} has {self.num_params:,} parameters, over the cap of {MAX_PARAMS:,}")
+
+    @property
+    def num_params(self) -> int:
+        """Parameter count, by arithmetic (equal to `layout().numel`), so a size check allocates nothing."""
+        if self.family == "cnn":
+            channels = (1, *self.sizes[:-1])
+            side = IMAGE_SIDE >> (len(channels) - 1)
+            convs = sum((9 * a + 1) * b for a, b in zip(channels[:-1], channels[1:]))
+            return convs + (channels[-1] * side * side + 1) * self.sizes[-1]
+        return sum((a + 1) * b for a, b in zip(self.sizes[:-1], self.sizes[1:]))
 
     # -- text ---------------------------------------------------------------------------------
     def describe(self) -> str:
@@ -161,10 +197,9 @@ class ArchSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> ArchSpec:
-        try:
-            return cls(d["family"], tuple(d["sizes"]), d.get("activation", "relu"))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ArchError(f"malformed architecture record {d!r}") from e
+        if not isinstance(d, dict) or "family" not in d or not isinstance(d.get("sizes"), (list, tuple)):
+            raise ArchError(f"malformed architecture record {short(d)}")
+        return cls(d["family"], tuple(d["sizes"]), d.get("activation", "relu"))
 
     @property
     def slug(self) -> str:
@@ -234,7 +269,8 @@ class ArchSpec:
 
 @functools.cache
 def _layout(spec: ArchSpec) -> ParamLayout:
-    sd = spec.build().state_dict()
+    with torch.device("meta"):  # shapes only: no memory, no init
+        sd = spec.build().state_dict()
     return ParamLayout(tuple(sd), tuple(tuple(t.shape) for t in sd.values()))
 
 
@@ -247,7 +283,10 @@ def find_arch(text: str) -> tuple[ArchSpec | None, str]:
     if m is None:
         return None, text
     family = m.group(1).lower()
-    sizes = tuple(int(s) for s in re.split(r"\s*[-x×]\s*", m.group(2)))
+    texts = re.split(r"\s*[-x×]\s*", m.group(2))
+    if max(map(len, texts)) > len(str(MAX_WIDTH)):  # int() of thousands of digits refuses, and the cap would anyway
+        raise ArchError(f"layer sizes are capped at {MAX_WIDTH:,}, got {short(max(texts, key=len), 40)}")
+    sizes = tuple(int(s) for s in texts)
     spec = ArchSpec(family, sizes, (m.group(3) or "relu").lower())
     # drop the words that introduced the architecture ("with an", "using a") along with it
     before = re.sub(r"\b(?:with|using|as)\s+(?:an?\s+|the\s+)?$", "", text[: m.start()].rstrip() + " ")

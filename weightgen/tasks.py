@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from weightgen.errors import TaskError
+from weightgen.errors import TaskError, short
 from weightgen.specs import ArchSpec
 
 SPLITS = ("train", "val", "test")
@@ -34,6 +34,7 @@ SPLIT_SEED = 0
 SHIFTS = {"rotate", "noise", "invert", "blur"}
 SHIFT_APPLY_ORDER = ("rotate", "blur", "invert", "noise")  # how combined shifts are applied and named
 TABULAR = {"iris": "load_iris", "wine": "load_wine", "breast-cancer": "load_breast_cancer"}
+MAX_ID_LENGTH = 100  # the longest real id, a four-shift combination, is about 50 characters
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,12 @@ def task_code(task: TaskSpec, dim: int = TASK_CODE_DIM) -> torch.Tensor:
 
 def get_task(task_id: str) -> TaskSpec:
     """The task with this stable id (see the module docstring for the id forms)."""
+    # ids come from files and command lines too: anything but short text is refused here, before a
+    # regex or int() sees it (int() of thousands of digits raises, a float level can overflow to inf)
+    if not isinstance(task_id, str):
+        raise TaskError(f"a task id must be text such as 'digits-subset-3-5-8', got {short(task_id)}")
+    if len(task_id) > MAX_ID_LENGTH:
+        raise TaskError(f"task ids are at most {MAX_ID_LENGTH} characters, got one of {len(task_id):,}")
     tid = task_id.strip().lower()
     if tid in TABULAR:
         return TaskSpec("tabular", dataset=tid)
@@ -165,7 +172,7 @@ def get_task(task_id: str) -> TaskSpec:
     if m and int(m.group(1)) < len(_digits()[2]["train"]):
         return TaskSpec("digits-image", image=int(m.group(1)))
     raise TaskError(
-        f"unknown task id '{task_id}'; ids look like 'digits-subset-3-5-8', 'digits-rotate-30', "
+        f"unknown task id {short(task_id)}; ids look like 'digits-subset-3-5-8', 'digits-rotate-30', "
         "'digits-noise-0.3', 'digits-invert', 'digits-blur-1', 'digits-rotate-30+noise-0.2', 'digits-image-17', "
         "'iris', 'wine' or 'breast-cancer'"
     )

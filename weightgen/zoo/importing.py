@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -145,13 +146,31 @@ def read_one(path: Path, src: Path, labels: dict[str, dict], arch: ArchSpec | No
     task = get_task(str(task))
     if (task.in_dim, task.out_dim) != (spec.in_dim, spec.out_dim):
         raise ArchError(f"a {spec.describe()} does not fit task {task.id} ({task.in_dim} inputs, {task.out_dim} outputs)")
-    metrics = {k: float(v) for k, v in label.items() if k.endswith(("_acc", "_loss")) and v not in ("", None)}
-    metrics = metrics or (meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {})
-    held = label.get("held_out", meta.get("held_out", False))
-    return {"file": rel, "arch": spec, "task": task.id, "seed": int(label.get("seed", meta.get("seed", 0)) or 0),
-            "held_out": str(held).lower() in ("1", "true", "yes"), "metrics": metrics, "state": state,
+    return {"file": rel, "arch": spec, "task": task.id, **described(label, meta),
             "zoo_id": meta.get("zoo_id") if meta.get("weightgen_format") == FORMAT else None,
-            "init": meta.get("init") if isinstance(meta.get("init"), str) else "imported"}
+            "init": meta.get("init") if isinstance(meta.get("init"), str) else "imported", "state": state}
+
+
+def described(label: dict, meta: dict) -> dict:
+    """seed, held_out and metrics of one model: from its labels row, else its own metadata. The
+    metadata is a file's free JSON, so anything of the wrong type there is ignored, while a bad
+    value in the labels file (which the user wrote for this import) is an error."""
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    try:
+        metrics = {k: float(v) for k, v in label.items() if k.endswith(("_acc", "_loss")) and v not in ("", None)}
+        seed = int(label["seed"]) if label.get("seed") not in (None, "") else None
+    except (TypeError, ValueError) as e:
+        raise ZooError(f"its labels row has a value that is not a number ({e})") from None
+    if not metrics and isinstance(meta.get("metrics"), dict):
+        metrics = {k: float(v) for k, v in meta["metrics"].items() if isinstance(k, str) and number(v)}
+    if seed is None:
+        seed = meta.get("seed") if isinstance(meta.get("seed"), int) and not isinstance(meta.get("seed"), bool) else 0
+    if not 0 <= seed < 2**63:
+        raise ZooError(f"its seed {seed} is not a non-negative 64-bit integer")
+    held = label.get("held_out", meta.get("held_out", False))
+    return {"seed": seed, "held_out": str(held).lower() in ("1", "true", "yes"), "metrics": metrics}
 
 
 def _is_weightgen(path: Path) -> bool:

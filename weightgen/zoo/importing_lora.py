@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from weightgen.errors import CheckpointError, TaskError, WeightgenError, ZooError
 from weightgen.tasks import get_task
-from weightgen.zoo.importing import METRIC_SPLITS, Imported, read_labels
+from weightgen.zoo.importing import METRIC_SPLITS, Imported, described, read_labels
 
 
 def is_adapter(path: Path) -> bool:
@@ -100,11 +100,8 @@ def read_adapters(src: Path, base: Path, labels: Path | None = None, on_file=Non
             task = get_task(str(task))
             if not task.kind.startswith("digits-") or task.kind == "digits-image":
                 raise TaskError(f"task {task.id} is not a digits classification task, which the base solves")
-            metrics = {k: float(v) for k, v in label.items() if k.endswith(("_acc", "_loss")) and v not in ("", None)}
-            metrics = metrics or (meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {})
-            out.models.append({"file": rel, "task": task.id, "seed": int(label.get("seed", meta.get("seed", 0)) or 0),
-                               "held_out": str(label.get("held_out", meta.get("held_out", False))).lower() in ("1", "true", "yes"),
-                               "metrics": metrics, "state": factors, "zoo_id": meta.get("zoo_id"), "init": "lora"})
+            out.models.append({"file": rel, "task": task.id, **described(label, meta), "state": factors,
+                               "zoo_id": meta.get("zoo_id"), "init": "lora"})
         except WeightgenError as e:
             out.skipped.append((rel, str(e)))
         except (ValueError, RecursionError, OSError) as e:
