@@ -9,11 +9,12 @@ on the default zoo (k = 2..6 classes); without --parent one is trained first on 
 zoo (configs/zoo/digits-new-tasks.yaml: k = 7 and 8, built if missing) has no task of the parent's.
 With the real training script and the default config, on the new zoo:
 - scratch: `--steps` steps from a fresh model;
-- fine-tuned: `--steps / --fraction` steps with `init_from: DIR` (statistics refitted);
+- fine-tuned: `--steps / --fraction` steps with `init_from: DIR` (`--init-stats`: refit or keep);
 - the parent as it is (zero steps), for what the fine-tuning adds.
 Each generator samples `--samples` networks for every (task, arch) of the new zoo, seen and held-out
-tasks, and a pair's ratio is the samples' mean test accuracy over the mean of the zoo's models of that
-pair (the same reference for all three). The last line is JSON: mean / min ratios per generator and
+tasks, and a pair's ratio is the samples' mean accuracy on `--split` (test; val to choose settings)
+over the mean of the zoo's models of that pair on it (the same reference for all three). Generators
+already trained in `--work` are reused. The last line is JSON: mean / min ratios per generator and
 split, training seconds, and whether the fine-tuned run reached the scratch run's mean on both splits.
 """
 
@@ -43,21 +44,24 @@ def run(*args: str) -> float:
 
 
 def train(zoo: str, out: Path, steps: int, *extra: str) -> float:
+    """Train with the real script (a folder that already holds a finished generator is kept: 0 s)."""
+    if (out / "model_index.json").is_file():
+        return 0.0
     sets = [f"zoo={zoo}", f"out={out}", f"steps={steps}", *extra]
     return run(str(ROOT / "train" / "train_set_diffusion.py"), str(CONFIG), *[a for s in sets for a in ("--set", s)])
 
 
-def score(generator: Path, store: ZooStore, samples: int) -> dict:
+def score(generator: Path, store: ZooStore, samples: int, split: str) -> dict:
     pipe, _, _ = load_generator(str(generator), None)
     by_pair: dict[tuple[str, str], list[float]] = {}
     for r in store.records:
-        by_pair.setdefault((r["task"], r["arch"]), []).append(r["test_acc"])
+        by_pair.setdefault((r["task"], r["arch"]), []).append(r[f"{split}_acc"])
     out = {"seen": [], "held_out": []}
     held = {r["task"] for r in store.records if r["held_out"]}
     for (tid, slug), zoo_accs in sorted(by_pair.items()):
         task, arch = get_task(tid), store.archs[slug]
         flat = pipe(task.description, arch=arch, num_samples=samples, generator=0).flat
-        acc = score_flat(arch, flat, task, "test")["acc"].nan_to_num(0.0).mean().item()
+        acc = score_flat(arch, flat, task, split)["acc"].nan_to_num(0.0).mean().item()
         out["held_out" if tid in held else "seen"].append(acc / statistics.mean(zoo_accs))
     return {split: {"pairs": len(v), "mean": statistics.mean(v), "min": min(v)} for split, v in out.items()}
 
@@ -70,6 +74,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1800)
     ap.add_argument("--fraction", type=int, default=3)
     ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--init-stats", default="refit", choices=["refit", "keep"])
+    ap.add_argument("--split", default="test", help="val: for choosing settings without looking at test")
     ap.add_argument("--work", default="runs/bench/finetune")
     args = ap.parse_args()
     work = Path(args.work)
@@ -82,15 +88,17 @@ def main() -> None:
         seconds["parent"] = train(args.parent_zoo, parent, args.steps)
     short = args.steps // args.fraction
     seconds["scratch"] = train(args.zoo, work / "scratch", args.steps)
-    seconds["finetuned"] = train(args.zoo, work / "finetuned", short, f"init_from={parent}")
+    tuned = work / f"finetuned{'-keep' if args.init_stats == 'keep' else ''}-{short}"
+    seconds["finetuned"] = train(args.zoo, tuned, short, f"init_from={parent}", f"init_stats={args.init_stats}")
     store = ZooStore(args.zoo)
-    results = {"scratch": score(work / "scratch", store, args.samples),
-               "finetuned": score(work / "finetuned", store, args.samples),
-               "parent": score(parent, store, args.samples)}
+    results = {"scratch": score(work / "scratch", store, args.samples, args.split),
+               "finetuned": score(tuned, store, args.samples, args.split),
+               "parent": score(parent, store, args.samples, args.split)}
     for name, res in results.items():
         print(name, " ".join(f"{s}: {v['mean']:.3f} / {v['min']:.3f}" for s, v in res.items()), flush=True)
     reached = all(results["finetuned"][s]["mean"] >= results["scratch"][s]["mean"] for s in ("seen", "held_out"))
-    print(json.dumps({"bench": "finetune", "steps_scratch": args.steps, "steps_finetuned": short,
+    print(json.dumps({"bench": "finetune", "split": args.split, "init_stats": args.init_stats,
+                      "steps_scratch": args.steps, "steps_finetuned": short,
                       "results": results, "train_seconds": seconds, "finetuned_reaches_scratch": reached}))
 
 

@@ -12,6 +12,7 @@ import shutil
 import pytest
 import torch
 
+from weightgen.config import ZooConfig, load_config
 from weightgen.encoders.autoencoder import WeightAutoencoder
 from weightgen.encoders.training import EncoderTrainConfig, load_weights, reconstruction_loss, sample_tokens
 from weightgen.encoders.vqvae import WeightVQVAE
@@ -19,6 +20,7 @@ from weightgen.errors import ArchError, ZooError
 from weightgen.space.dataset import zoo_weights
 from weightgen.space.layout import TokenLayout
 from weightgen.specs import ArchSpec
+from weightgen.zoo.build import build_zoo
 from weightgen.zoo.store import ZooStore
 
 CLASSES = [WeightVQVAE, WeightAutoencoder]
@@ -268,12 +270,13 @@ def test_zoo_with_a_bad_shard_raises_zoo_error_naming_it(debug_zoo, tmp_path, da
     _both_raise(root, f"zoo shard {re.escape(str(shard))} is missing or corrupt")
 
 
-def test_zoo_with_only_held_out_models_has_nothing_to_train_on(debug_zoo, tmp_path):
-    root = _copy_zoo(debug_zoo, tmp_path)
-    records = [json.loads(line) for line in (root / "records.jsonl").read_text().splitlines()]
-    (root / "records.jsonl").write_text("".join(json.dumps({**r, "held_out": True}) + "\n" for r in records))
+def test_zoo_with_only_held_out_models_has_nothing_to_train_on(debug_config_path, tmp_path):
+    # built so (records are checked against their shards, so editing records.jsonl is refused earlier)
+    cfg = load_config(ZooConfig, debug_config_path, ["held_out_fraction=1.0", "epochs=1"])
+    store = build_zoo(cfg, tmp_path / "all-held-out", progress=False)
+    assert all(r["held_out"] for r in store.records)
     with pytest.raises(ZooError, match="has no non-held-out models to train on"):
-        load_weights(EncoderTrainConfig(zoo=str(root)))
+        load_weights(EncoderTrainConfig(zoo=str(store.root)))
 
 
 def test_zoo_weights_of_an_unknown_arch_raises_zoo_error(debug_zoo):
