@@ -42,7 +42,7 @@ def sample_prompt(pipe, kind: str, generator_dir, prompt: str, out: Path, arch=N
         from weightgen.generators.lora_diffusion import lora_task
 
         if arch is not None:
-            raise WeightgenError("an architecture does not apply to a LoRA generator: it makes adapters of its own base")
+            raise WeightgenError("--arch (an architecture) does not apply to a LoRA generator: it makes adapters of its own base")
         conditioner = getattr(pipe, "denoiser", None) or pipe.prefix
         lora_task(prompt, conditioner.config.task_kinds)  # fails before sampling, with one sentence
         return sample_adapters_to_folder(pipe, generator_dir, prompt, out, num_samples, seed, steps, guidance,

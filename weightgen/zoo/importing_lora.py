@@ -16,8 +16,6 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from weightgen.errors import CheckpointError, TaskError, WeightgenError, ZooError
 from weightgen.tasks import get_task
@@ -26,23 +24,6 @@ from weightgen.zoo.importing import METRIC_SPLITS, Imported, described, read_lab
 
 def is_adapter(path: Path) -> bool:
     return path.is_dir() and (path / "adapter_config.json").is_file() and (path / "adapter_model.safetensors").is_file()
-
-
-def _peft_factors(folder: Path) -> dict[str, torch.Tensor]:
-    from weightgen.zoo.lora_adapter import PEFT_PREFIX
-
-    try:
-        raw = load_file(str(folder / "adapter_model.safetensors"))
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError("adapter_model.safetensors is not a readable safetensors file") from e
-    factors = {}
-    for key, value in raw.items():
-        if not key.startswith(PEFT_PREFIX) or not key.endswith((".lora_A.weight", ".lora_B.weight")):
-            raise CheckpointError(f"it holds '{key[:80]}', which is not a LoRA factor")
-        if not value.is_floating_point() or not torch.isfinite(value).all():
-            raise CheckpointError(f"factor '{key[:80]}' is not finite floating point")
-        factors[key.removeprefix(PEFT_PREFIX).removesuffix(".weight")] = value.float()
-    return factors
 
 
 def _lora_of(folder: Path) -> tuple[int, float, tuple[str, ...]]:
@@ -58,7 +39,7 @@ def _lora_of(folder: Path) -> tuple[int, float, tuple[str, ...]]:
 def read_adapters(src: Path, base: Path, labels: Path | None = None, on_file=None) -> tuple[Imported, dict]:
     """Every adapter folder under src that fits BASE, and zoo.json's `lora` entry for them."""
     from weightgen.config import BaseModelConfig, LoRASpec, from_dict
-    from weightgen.zoo.lora_adapter import META_NAME
+    from weightgen.zoo.lora_adapter import META_NAME, peft_factors
     from weightgen.zoo.lora_base import base_sha256, load_base
     from weightgen.zoo.lora_trainer import factor_shapes
 
@@ -90,7 +71,7 @@ def read_adapters(src: Path, base: Path, labels: Path | None = None, on_file=Non
                             "target_modules": list(targets), "factors": shapes, "base_sha256": sha}
             if (rank, alpha, list(targets)) != (lora["rank"], lora["alpha"], lora["target_modules"]):
                 raise CheckpointError("its rank, alpha or target modules differ from the first adapter's")
-            factors = _peft_factors(folder)
+            factors = {n: f.float() for n, f in peft_factors(folder).items()}
             if {n: list(f.shape) for n, f in factors.items()} != shapes:
                 raise CheckpointError("its factor shapes are not those of its LoRA config on this base")
             label = table.get(rel, {})
@@ -112,6 +93,7 @@ def read_adapters(src: Path, base: Path, labels: Path | None = None, on_file=Non
 
 
 def evaluate_missing_adapters(models: list[dict], base: Path, lora: dict) -> None:
+    """Score adapters that came with a task but no metrics on their task's splits, on BASE (batched)."""
     from weightgen.config import BaseModelConfig, LoRASpec
     from weightgen.zoo.lora_base import load_base
     from weightgen.zoo.lora_trainer import evaluate_adapters

@@ -76,6 +76,12 @@ def read_adapter(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise CheckpointError(f"{folder} is not a weightgen adapter folder ({META_NAME} is missing or unreadable)") from e
     if not isinstance(meta, dict) or meta.get("format") != ADAPTER_FORMAT:
         raise CheckpointError(f"{folder / META_NAME} is not a weightgen adapter description (format {ADAPTER_FORMAT})")
+    return peft_factors(folder), meta
+
+
+def peft_factors(folder: str | Path) -> dict[str, torch.Tensor]:
+    """The factors (`<module>.lora_A|B`) of any PEFT LoRA folder's adapter_model.safetensors."""
+    folder = Path(folder)
     try:
         raw = load_file(str(folder / "adapter_model.safetensors"))
     except (OSError, SafetensorError) as e:
@@ -83,11 +89,11 @@ def read_adapter(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     factors = {}
     for key, value in raw.items():
         if not key.startswith(PEFT_PREFIX) or not key.endswith((".lora_A.weight", ".lora_B.weight")):
-            raise CheckpointError(f"{folder}/adapter_model.safetensors holds '{key}', which is not a LoRA factor")
+            raise CheckpointError(f"{folder}/adapter_model.safetensors holds '{key[:80]}', which is not a LoRA factor")
         if not value.is_floating_point() or not torch.isfinite(value).all():
-            raise CheckpointError(f"adapter factor {key} is not finite floating point")
+            raise CheckpointError(f"adapter factor {key[:80]} is not finite floating point")
         factors[key.removeprefix(PEFT_PREFIX).removesuffix(".weight")] = value
-    return factors, meta
+    return factors
 
 
 def load_adapter(folder: str | Path, base_folder: str | Path):
