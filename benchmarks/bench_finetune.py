@@ -1,11 +1,13 @@
 """Fine-tuning a trained generator onto a zoo of new tasks (`init_from`), against training one there
 from scratch.
 
-    python benchmarks/bench_finetune.py --parent DIR [--parent-zoo runs/zoo/digits-mlp]
+    python benchmarks/bench_finetune.py --parent DIR [--parent-zoo runs/zoo/digits-mlp] [--parent-steps 6000]
         [--zoo runs/zoo/digits-new-tasks] [--steps 1800] [--fraction 3] [--samples 16] [--work runs/bench/finetune]
 
 DIR is a generator trained with the default config (configs/generator/set-diffusion-digits.yaml)
-on the default zoo (k = 2..6 classes); without --parent one is trained first on --parent-zoo. The new
+on the default zoo (k = 2..6 classes); without --parent one is trained first on --parent-zoo for
+--parent-steps (a parent trained only the default's 1,800 steps brings about half as much:
+benchmarks/RESULTS.md, issue 17). The new
 zoo (configs/zoo/digits-new-tasks.yaml: k = 7 and 8, built if missing) has no task of the parent's.
 With the real training script and the default config, on the new zoo:
 - scratch: `--steps` steps from a fresh model;
@@ -70,6 +72,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parent")
     ap.add_argument("--parent-zoo", default="runs/zoo/digits-mlp")
+    ap.add_argument("--parent-steps", type=int, default=6000)
     ap.add_argument("--zoo", default="runs/zoo/digits-new-tasks")
     ap.add_argument("--steps", type=int, default=1800)
     ap.add_argument("--fraction", type=int, default=3)
@@ -85,7 +88,7 @@ def main() -> None:
     seconds = {}
     parent = Path(args.parent) if args.parent else work / "parent"
     if not args.parent:
-        seconds["parent"] = train(args.parent_zoo, parent, args.steps)
+        seconds["parent"] = train(args.parent_zoo, parent, args.parent_steps)
     short = args.steps // args.fraction
     seconds["scratch"] = train(args.zoo, work / "scratch", args.steps)
     tuned = work / f"finetuned{'-keep' if args.init_stats == 'keep' else ''}-{short}"
