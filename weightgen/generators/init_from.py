@@ -182,5 +182,6 @@ def check_run(out: str | Path, run: dict, is_main: bool) -> None:
                                  "train into a new out folder, or use init_from to start from a trained generator")
         return
     if is_main:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(run, indent=1, sort_keys=True))
+        from weightgen import atomic
+
+        atomic.write_text(path, json.dumps(run, indent=1, sort_keys=True))
