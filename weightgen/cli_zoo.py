@@ -172,8 +172,9 @@ def zoo_import(
             if lora:
                 evaluate_missing_adapters(imported.models, base, lora)
         else:
-            bar.update(job, total=len(candidates(src)))
-            imported = read_source(src, labels, arch, activation, on_file=lambda: bar.advance(job))
+            paths = candidates(src)
+            bar.update(job, total=len(paths))
+            imported = read_source(src, labels, arch, activation, on_file=lambda: bar.advance(job), paths=paths)
             evaluate_missing(imported.models)
     store = write_zoo(imported, out, name or out.name, str(src), lora=lora, base=base)
     if quiet:

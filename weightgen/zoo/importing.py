@@ -52,10 +52,11 @@ def candidates(src: Path) -> list[Path]:
     if not src.is_dir():
         raise ZooError(f"{src} is not a folder of checkpoints")
     found = []
+    adapters = {q.parent for q in src.rglob("adapter_config.json")}
     for p in sorted(src.rglob("*")):
-        if any((q / "adapter_config.json").is_file() for q in p.parents if q != src.parent):
+        if adapters.intersection(p.parents):
             continue  # inside a PEFT adapter folder, which is one candidate
-        if p.is_dir() and ((p / "model.safetensors").is_file() or (p / "adapter_config.json").is_file()):
+        if p.is_dir() and ((p / "model.safetensors").is_file() or p in adapters):
             found.append(p)
         elif p.is_file() and (p.suffix == ".safetensors" or p.suffix in TORCH_SUFFIXES):
             if p.name == "model.safetensors" and (p.parent / "config.json").is_file():
@@ -140,15 +141,20 @@ def read_one(path: Path, src: Path, labels: dict[str, dict], arch: ArchSpec | No
         else:
             spec, state = infer_arch(state, activation)
         state = _checked(state, spec)
-    task = label.get("task") or (meta.get("task") or {}).get("id")
-    if not task:
-        raise TaskError("no task: its metadata names none and the labels file has no row for it")
-    task = get_task(str(task))
+    task = task_of(label, (meta.get("task") or {}).get("id"))
     if (task.in_dim, task.out_dim) != (spec.in_dim, spec.out_dim):
         raise ArchError(f"a {spec.describe()} does not fit task {task.id} ({task.in_dim} inputs, {task.out_dim} outputs)")
     return {"file": rel, "arch": spec, "task": task.id, **described(label, meta),
             "zoo_id": meta.get("zoo_id") if meta.get("weightgen_format") == FORMAT else None,
             "init": meta.get("init") if isinstance(meta.get("init"), str) else "imported", "state": state}
+
+
+def task_of(label: dict, own: str | None):
+    """A model's task: its labels row's, else the one its own metadata names."""
+    task = label.get("task") or own
+    if not task:
+        raise TaskError("no task: its metadata names none and the labels file has no row for it")
+    return get_task(str(task))
 
 
 def described(label: dict, meta: dict) -> dict:
@@ -227,19 +233,26 @@ def _checked(state: dict[str, torch.Tensor], spec: ArchSpec) -> dict[str, torch.
 
 
 def read_source(src: Path, labels: Path | None = None, arch: str | None = None, activation: str = "relu",
-                on_file=None) -> Imported:
-    """Every model under src that can be imported, and why each other file was skipped."""
+                on_file=None, paths: list[Path] | None = None) -> Imported:
+    """Every model under src (or among `paths`, its `candidates`) that can be imported, and why each
+    other file was skipped."""
     spec = ArchSpec.parse(arch) if arch else None
     table = read_labels(labels)
+    return import_each(src, candidates(Path(src)) if paths is None else paths,
+                       lambda path: read_one(path, Path(src), table, spec, activation), on_file)
+
+
+def import_each(src: Path, paths: list[Path], read, on_file=None) -> Imported:
+    """`read(path)` for each path: its model entry, or the one sentence why it is skipped (also for
+    the ways a foreign file can fail to parse)."""
     out = Imported()
-    for path in candidates(Path(src)):
-        rel = path.relative_to(src).as_posix()
+    for path in paths:
         try:
-            out.models.append(read_one(path, Path(src), table, spec, activation))
+            out.models.append(read(path))
         except WeightgenError as e:
-            out.skipped.append((rel, str(e)))
-        except (RecursionError, MemoryError, OSError) as e:
-            out.skipped.append((rel, f"it could not be read ({type(e).__name__})"))
+            out.skipped.append((path.relative_to(src).as_posix(), str(e)))
+        except (ValueError, RecursionError, MemoryError, OSError) as e:
+            out.skipped.append((path.relative_to(src).as_posix(), f"it could not be read ({type(e).__name__})"))
         if on_file:
             on_file()
     return out

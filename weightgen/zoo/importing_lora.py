@@ -19,7 +19,7 @@ import torch
 
 from weightgen.errors import CheckpointError, TaskError, WeightgenError, ZooError
 from weightgen.tasks import get_task
-from weightgen.zoo.importing import METRIC_SPLITS, Imported, described, read_labels
+from weightgen.zoo.importing import METRIC_SPLITS, Imported, described, import_each, read_labels, task_of
 
 
 def is_adapter(path: Path) -> bool:
@@ -38,7 +38,7 @@ def _lora_of(folder: Path) -> tuple[int, float, tuple[str, ...]]:
 
 def read_adapters(src: Path, base: Path, labels: Path | None = None, on_file=None) -> tuple[Imported, dict]:
     """Every adapter folder under src that fits BASE, and zoo.json's `lora` entry for them."""
-    from weightgen.config import BaseModelConfig, LoRASpec, from_dict
+    from weightgen.config import BaseModelConfig, LoRASpec, from_dict, to_dict
     from weightgen.zoo.lora_adapter import META_NAME, peft_factors
     from weightgen.zoo.lora_base import base_sha256, load_base
     from weightgen.zoo.lora_trainer import factor_shapes
@@ -51,44 +51,37 @@ def read_adapters(src: Path, base: Path, labels: Path | None = None, on_file=Non
     if not src.is_dir():
         raise ZooError(f"{src} is not a folder of adapters")
     table = read_labels(labels)
-    out, lora = Imported(), None
-    for folder in sorted(p for p in src.rglob("*") if is_adapter(p)):
-        rel = folder.relative_to(src).as_posix()
-        try:
-            meta = {}
-            if (folder / META_NAME).is_file():
-                meta = json.loads((folder / META_NAME).read_text())
-                if not isinstance(meta, dict) or meta.get("base_sha256") != sha:
-                    raise CheckpointError(f"it was trained on another base than {base} (sha256 differs)")
-            rank, alpha, targets = _lora_of(folder)
-            # peft stores target_modules as a set; take them in the base's module order, as zoos list them
-            order = [n for n, _ in frozen.named_modules()]
-            targets = tuple(sorted(targets, key=lambda t: next((i for i, n in enumerate(order)
-                                                                 if n == t or n.endswith("." + t)), len(order))))
-            spec = LoRASpec(base=base_cfg, rank=rank, alpha=alpha, target_modules=targets)
-            shapes = {n: list(s) for n, s in factor_shapes(frozen, spec).items()}
-            lora = lora or {"base": json.loads(json.dumps(base_cfg.__dict__)), "rank": rank, "alpha": alpha,
-                            "target_modules": list(targets), "factors": shapes, "base_sha256": sha}
-            if (rank, alpha, list(targets)) != (lora["rank"], lora["alpha"], lora["target_modules"]):
-                raise CheckpointError("its rank, alpha or target modules differ from the first adapter's")
-            factors = {n: f.float() for n, f in peft_factors(folder).items()}
-            if {n: list(f.shape) for n, f in factors.items()} != shapes:
-                raise CheckpointError("its factor shapes are not those of its LoRA config on this base")
-            label = table.get(rel, {})
-            task = label.get("task") or (meta.get("task") if isinstance(meta.get("task"), str) else None)
-            if not task:
-                raise TaskError("no task: its metadata names none and the labels file has no row for it")
-            task = get_task(str(task))
-            if not task.kind.startswith("digits-") or task.kind == "digits-image":
-                raise TaskError(f"task {task.id} is not a digits classification task, which the base solves")
-            out.models.append({"file": rel, "task": task.id, **described(label, meta), "state": factors,
-                               "zoo_id": meta.get("zoo_id"), "init": "lora"})
-        except WeightgenError as e:
-            out.skipped.append((rel, str(e)))
-        except (ValueError, RecursionError, OSError) as e:
-            out.skipped.append((rel, f"it could not be read ({type(e).__name__})"))
-        if on_file:
-            on_file()
+    order = [n for n, _ in frozen.named_modules()]
+    lora = None
+
+    def read(folder: Path) -> dict:
+        nonlocal lora
+        meta = {}
+        if (folder / META_NAME).is_file():
+            meta = json.loads((folder / META_NAME).read_text())
+            if not isinstance(meta, dict) or meta.get("base_sha256") != sha:
+                raise CheckpointError(f"it was trained on another base than {base} (sha256 differs)")
+        rank, alpha, targets = _lora_of(folder)
+        # peft stores target_modules as a set; take them in the base's module order, as zoos list them
+        targets = tuple(sorted(targets, key=lambda t: next((i for i, n in enumerate(order)
+                                                             if n == t or n.endswith("." + t)), len(order))))
+        spec = LoRASpec(base=base_cfg, rank=rank, alpha=alpha, target_modules=targets)
+        shapes = {n: list(s) for n, s in factor_shapes(frozen, spec).items()}
+        lora = lora or {"base": to_dict(base_cfg), "rank": rank, "alpha": alpha, "target_modules": list(targets),
+                        "factors": shapes, "base_sha256": sha}
+        if (rank, alpha, list(targets)) != (lora["rank"], lora["alpha"], lora["target_modules"]):
+            raise CheckpointError("its rank, alpha or target modules differ from the first adapter's")
+        factors = {n: f.float() for n, f in peft_factors(folder).items()}
+        if {n: list(f.shape) for n, f in factors.items()} != shapes:
+            raise CheckpointError("its factor shapes are not those of its LoRA config on this base")
+        label = table.get(folder.relative_to(src).as_posix(), {})
+        task = task_of(label, meta.get("task") if isinstance(meta.get("task"), str) else None)
+        if not task.kind.startswith("digits-") or task.kind == "digits-image":
+            raise TaskError(f"task {task.id} is not a digits classification task, which the base solves")
+        return {"file": folder.relative_to(src).as_posix(), "task": task.id, **described(label, meta),
+                "state": factors, "zoo_id": meta.get("zoo_id"), "init": "lora"}
+
+    out = import_each(src, sorted(p for p in src.rglob("*") if is_adapter(p)), read, on_file)
     return out, lora
 
 
