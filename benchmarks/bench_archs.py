@@ -3,6 +3,7 @@ tasks it never saw.
 
     python benchmarks/bench_archs.py --zoo runs/zoo/digits-widths --generator DIR [--samples 32]
         [--pairs 24] [--draw 0] [--finetune 4] [--out runs/bench/archs_rows.json]
+        [--steps N] [--sampler ddim|dpm] [--temperature T] [--guidance G] [--cases CASE ...]
 
 Cases, each up to `--pairs` (task, arch) pairs drawn with seed `--draw` (0 = the benchmark's own
 draw; later draws are for choosing settings without looking at it). DIR is either neuron-set
@@ -11,7 +12,9 @@ generator: SetDiffusionPipeline or SetARPipeline (`--diffusion` is the older nam
   training run on the probe, weightgen.novelty);
 - unseen_arch_seen_task, unseen_arch_held_task: an arch the zoo config holds out entirely;
 - seen_arch_held_task: a held-out task on a trained-on arch.
-Every pair gets `--samples` samples (the pipeline's default sampling) scored by
+Every pair gets `--samples` samples (the pipeline's default sampling, or the `--steps`, `--sampler`,
+`--temperature` and `--guidance` given: choose those on a later draw, with `--cases` to run only
+the cases being tuned) scored by
 `weightgen.evaluate.evaluate_samples`. The from-scratch reference of a pair is the zoo's own models
 of that (task, arch): trained from scratch with the zoo's recipe and, for held-out tasks and archs,
 never seen by the generator. Beside the generator, on every seen-arch pair, the closed-form
@@ -35,6 +38,7 @@ from weightgen.evaluate import EvalConfig, evaluate_samples, score_flat
 from weightgen.home import load_generator
 from weightgen.specs import ArchSpec
 from weightgen.tasks import get_task
+from weightgen.train.set_diffusion import SAMPLERS
 from weightgen.zoo.store import ZooStore
 
 CASES = ("seen", "seen_arch_held_task", "unseen_arch_seen_task", "unseen_arch_held_task")
@@ -75,6 +79,11 @@ def main() -> None:
     ap.add_argument("--draw", type=int, default=0)
     ap.add_argument("--finetune", type=int, default=4)
     ap.add_argument("--steps", type=int, help="diffusion sampling steps (default: the pipeline's)")
+    ap.add_argument("--temperature", type=float, help="initial-noise scale (default: the pipeline's)")
+    ap.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the pipeline's)")
+    ap.add_argument("--sampler", choices=("ddim", "dpm"), help="swap the pipeline's scheduler (default: its own)")
+    ap.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES),
+                    help="run only these cases (for choosing settings on a later --draw)")
     ap.add_argument("--out", default="runs/bench/archs_rows.json")
     args = ap.parse_args()
     start = time.perf_counter()
@@ -82,12 +91,15 @@ def main() -> None:
     pipe, kind, _ = load_generator(args.generator, None)
     if type(pipe).__name__ not in ("SetDiffusionPipeline", "SetARPipeline"):
         raise SystemExit(f"{args.generator} is not a neuron-set generator; only those sample unseen widths")
-    if args.steps is not None and kind != "diffusion":
-        raise SystemExit("--steps sets diffusion sampling steps; the AR generator takes one step per neuron")
-    sampling = {} if args.steps is None else {"num_inference_steps": args.steps}
+    if args.sampler:
+        pipe.scheduler = SAMPLERS[args.sampler].from_config(pipe.scheduler.config)
+    if (args.steps is not None or args.sampler) and kind != "diffusion":
+        raise SystemExit("--steps and --sampler are diffusion settings; the AR generator takes one step per neuron")
+    given = {"num_inference_steps": args.steps, "temperature": args.temperature, "guidance_scale": args.guidance}
+    sampling = {k: v for k, v in given.items() if v is not None}
     cfg = EvalConfig()
     rows, finite, total = [], 0, 0
-    cases = pairs_by_case(store, args.pairs, args.draw)
+    cases = {c: p for c, p in pairs_by_case(store, args.pairs, args.draw).items() if c in args.cases}
     ft_left = args.finetune
     for case, pairs in cases.items():
         for i, (tid, slug) in enumerate(pairs):
@@ -142,7 +154,7 @@ def main() -> None:
                            "as_new": _m([x["as_new"] for x in b])}
         summary[case] = s
     result = {"zoo": args.zoo, "generator": args.generator, "kind": kind, "samples": args.samples, "draw": args.draw,
-              "sampling": sampling, "cases": summary, "finite_share": finite / max(total, 1),
+              "sampling": sampling | ({"sampler": args.sampler} if args.sampler else {}), "cases": summary, "finite_share": finite / max(total, 1),
               "samples_per_s": per_s, "minutes": (time.perf_counter() - start) / 60}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result | {"rows": rows}))

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 
 import pytest
 import torch
 from conftest import ROOT, load_train_script, one_thread
 from launching import TWO_PROCESSES, two_process_env
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from weightgen.config import ZooConfig, load_config
 from weightgen.errors import ConfigError, GeneratorError
+from weightgen.generators.init_from import init_from_parent
+from weightgen.generators.set_dit import SetDiT
 from weightgen.zoo.build import build_zoo
 
 CONFIG = ROOT / "configs" / "generator" / "debug-set-diffusion.yaml"
@@ -101,3 +104,23 @@ def test_bad_parents_and_mixed_runs_are_one_clear_error(debug_set_generator, deb
     _set_diffusion(debug_zoo.root, tmp_path / "e", "steps=1")
     with pytest.raises(GeneratorError, match="checkpoints of another run"):
         _set_diffusion(new_task_zoo.root, tmp_path / "e", "steps=2")
+
+
+def test_a_parent_saved_with_a_shorter_task_code_keeps_its_columns(debug_set_generator, tmp_path):
+    """The task code only appends sections, so a parent's code projection carries over column by
+    column; the entries it never had start with no effect (zero weight), everything else is copied."""
+    parent = tmp_path / "short-code"
+    shutil.copytree(debug_set_generator, parent)
+    weights = load_file(parent / WEIGHTS)
+    full = weights["code_proj.weight"]
+    weights["code_proj.weight"] = full[:, :100].contiguous()
+    save_file(weights, str(parent / WEIGHTS))
+    model = SetDiT.from_pretrained(debug_set_generator / "denoiser")
+    said = []
+    summary = init_from_parent(model, parent, said.append)
+    assert summary["extended"] == ["code_proj.weight"] and not summary["fresh"]
+    assert "task code grew, the parent's columns kept: code_proj.weight" in said[0]
+    got = model.code_proj.weight.detach()
+    torch.testing.assert_close(got[:, :100], full[:, :100], rtol=0, atol=0)
+    assert not got[:, 100:].any()
+    torch.testing.assert_close(model.proj_in.weight.detach(), weights["proj_in.weight"], rtol=0, atol=0)

@@ -126,6 +126,8 @@ def parse_prompt(text: str) -> TaskSpec:
 # sections, never reorder; a generator saved with a shorter code reads its first entries (`dim`).
 TASK_CODE_DIM = 112
 _SHIFT_ORDER = ("rotate", "noise", "invert", "blur")
+# the code's entries that hold a continuous shift level (inversion has none: its entry reads 1)
+LEVEL_ENTRIES = (104, *(108 + i for i, s in enumerate(_SHIFT_ORDER) if s != "invert"))
 _TABULAR_ORDER = ("iris", "wine", "breast-cancer")
 
 

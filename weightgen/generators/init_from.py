@@ -95,20 +95,35 @@ def init_from_parent(model: torch.nn.Module, parent: str | Path, say=print) -> d
     place; returns {"copied": names, "fresh": names of new or resized tensors kept fresh}."""
     theirs = parent_state(parent, model)
     params = dict(model.named_parameters())
-    summary = {"copied": [], "fresh": []}
+    summary = {"copied": [], "fresh": [], "extended": []}
     for name, tensor in params.items():
         src = theirs.get(name)
-        summary["copied" if src is not None and src.shape == tensor.shape else "fresh"].append(name)
-    carried = sum(params[n].numel() for n in summary["copied"]) / max(1, sum(p.numel() for p in params.values()))
+        same = src is not None and src.shape == tensor.shape
+        summary["copied" if same else "extended" if code_grew(name, src, tensor) else "fresh"].append(name)
+    carried = sum(theirs[n].numel() for n in summary["copied"] + summary["extended"]) / max(
+        1, sum(p.numel() for p in params.values()))
     if carried < MIN_CARRIED:
         raise GeneratorError(f"init_from: {parent} supplies only {carried:.0%} of this model's weights; its "
                              "blocks differ in size, so use the parent's num_layers, heads and widths")
     with torch.no_grad():
         for name in summary["copied"]:
             params[name].copy_(theirs[name])
+        for name in summary["extended"]:  # the parent's columns; the new code sections start with no effect
+            params[name].zero_()[:, : theirs[name].shape[1]].copy_(theirs[name])
     fresh = f"; new or resized, kept fresh: {', '.join(summary['fresh'])}" if summary["fresh"] else ""
-    say(f"init_from {parent}: {len(summary['copied'])} weight tensors copied ({carried:.1%} of the weights){fresh}")
+    grown = (f"; task code grew, the parent's columns kept: {', '.join(summary['extended'])}"
+             if summary["extended"] else "")
+    say(f"init_from {parent}: {len(summary['copied'])} weight tensors copied ({carried:.1%} of the weights)"
+        f"{grown}{fresh}")
     return summary
+
+
+def code_grew(name: str, src: torch.Tensor | None, tensor: torch.Tensor) -> bool:
+    """Whether `name` is a task-code projection's weight whose input grew: the task code only appends
+    sections (weightgen.tasks.TASK_CODE_DIM), so a parent saved with a shorter code read the same
+    entries through its columns, and those carry over as they are."""
+    return (name.endswith("code_proj.weight") and src is not None and src.ndim == tensor.ndim == 2
+            and src.shape[0] == tensor.shape[0] and src.shape[1] < tensor.shape[1])
 
 
 def parent_component(cfg, name: str, cls):

@@ -23,7 +23,7 @@ from weightgen.errors import ConfigError, GeneratorError
 from weightgen.generators.common import shared_text_encoder
 from weightgen.space.dataset import zoo_weights
 from weightgen.specs import ArchSpec
-from weightgen.tasks import get_task, task_code
+from weightgen.tasks import LEVEL_ENTRIES, get_task, task_code
 from weightgen.zoo.store import ZooStore
 
 
@@ -194,10 +194,28 @@ def noised(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, pr
     return scheduler.add_noise(x0, noise, t), target
 
 
-def drop_mask(n: int, p: float, step: int, seed: int, rank: int) -> torch.Tensor:
-    """Which rows of a batch get the null prompt (classifier-free guidance training)."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + rank * 7919 + step + 500_009)
+TEXT_ONLY_SALT = 700_001  # drop_mask's salt for `text_dropout` (prompt text nulled, task code kept)
+
+
+def drop_mask(n: int, p: float, step: int, seed: int, rank: int, salt: int = 500_009) -> torch.Tensor:
+    """Which rows of a batch get the null prompt (classifier-free guidance training); another `salt`
+    draws an independent mask for the same step."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + rank * 7919 + step + salt)
     return torch.rand(n, generator=g) < p
+
+
+def jitter_levels(codes: torch.Tensor, std: float, g: torch.Generator) -> torch.Tensor:
+    """Task codes (n, F) with Gaussian noise of `std` added to the shift levels they hold
+    (weightgen.tasks.LEVEL_ENTRIES, where non-zero). A zoo has a few levels per shift, and a
+    denoiser that sees each exactly can key its output to them and fall apart between them; seen
+    with jitter, nearby levels must give nearby adapters, which is what an unseen level needs."""
+    if not std:
+        return codes
+    idx = torch.tensor([i for i in LEVEL_ENTRIES if i < codes.shape[1]], dtype=torch.long)
+    noise = torch.randn(len(codes), len(idx), generator=g) * std
+    out = codes.clone()
+    out[:, idx] += noise.to(codes) * (codes[:, idx] != 0)
+    return out
 
 
 def save_pipeline(pipeline, cfg, extra: dict | None = None) -> None:
@@ -276,11 +294,14 @@ def set_training_data(zoo: str, say=print) -> tuple[list[SetArchData], PromptTab
     return data, table, in_dims.pop(), sorted({get_task(r["task"]).kind for d in data for r in d.records})
 
 
-def sample_set_batch(data, n: int, step: int, seed: int, rank: int):
-    """n models of one arch of `load_set_zoo` data (arch drawn in proportion to its share of the zoo),
-    one prompt each; seeded by (seed, rank, step), so a resumed run draws the same batches."""
+def sample_set_batch(data, n: int, step: int, seed: int, rank: int, depth_weight: float = 1.0):
+    """n models of one arch of `load_set_zoo` data, one prompt each; seeded by (seed, rank, step), so
+    a resumed run draws the same batches. The arch is drawn in proportion to its share of the zoo
+    times `depth_weight` per hidden layer beyond the first: deeper nets have layers that must fit
+    together, and with a weight above 1 they get more of the batches than their model count gives."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + rank * 7919 + step)
-    sizes = torch.tensor([len(d.nodes) for d in data], dtype=torch.float)
+    sizes = torch.tensor([len(d.nodes) * depth_weight ** (len(d.layout.arch.sizes) - 3) for d in data],
+                         dtype=torch.float)
     d = data[int(torch.multinomial(sizes, 1, generator=g))]
     rows = torch.randint(len(d.nodes), (n,), generator=g)
     choices = d.prompts[rows]

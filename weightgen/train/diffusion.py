@@ -29,9 +29,11 @@ from weightgen.generators.init_from import check_parent_encoder, keep_parent_sta
 from weightgen.generators.lora_diffusion import LoRADiffusionPipeline
 from weightgen.generators.lora_training import is_lora_zoo, load_lora_zoo
 from weightgen.generators.training import (
+    TEXT_ONLY_SALT,
     GeneratorTrainConfig,
     drop_mask,
     end_step,
+    jitter_levels,
     load_encoded_zoo,
     load_encoder,
     make_accelerator,
@@ -60,6 +62,8 @@ class DiffusionConfig(GeneratorTrainConfig):
     beta_schedule: str = "squaredcos_cap_v2"
     num_train_timesteps: int = 1000
     cond_dropout: float = 0.1  # share of examples trained with the null prompt (classifier-free guidance)
+    text_dropout: float = 0.0  # share of examples whose prompt text is nulled but whose task code is kept
+    code_jitter: float = 0.0  # std of noise on the task code's shift levels (generators/training.jitter_levels)
     sampler: str = "ddim"  # ddim | dpm: the scheduler saved in the pipeline for few-step sampling
     conditional_mean: bool = True  # diffuse the residual around a task-code ridge mean (generators/dit.py)
     mean_ridge: float = 1.0  # ridge penalty of that mean
@@ -73,6 +77,11 @@ def main(cfg: DiffusionConfig) -> None:
         raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got '{cfg.sampler}'")
     if cfg.prediction_type not in ("epsilon", "sample", "v_prediction"):
         raise ConfigError(f"prediction_type must be epsilon, sample or v_prediction, got '{cfg.prediction_type}'")
+    for name in ("cond_dropout", "text_dropout"):
+        if not 0 <= getattr(cfg, name) <= 1:
+            raise ConfigError(f"{name} is a share of examples, from 0 to 1; got {getattr(cfg, name)}")
+    if not cfg.code_jitter >= 0:
+        raise ConfigError(f"code_jitter is a standard deviation, 0 or more; got {cfg.code_jitter}")
     accelerator = make_accelerator(cfg)
     torch.manual_seed(cfg.seed)  # same init on every process
 
@@ -103,9 +112,11 @@ def main(cfg: DiffusionConfig) -> None:
                 d, x0, text, mask, codes = sample_batch(data, table, cfg.batch_size, key, cfg.seed, rank)
                 n = len(x0)
                 drop = drop_mask(n, cfg.cond_dropout, key, cfg.seed, rank)
-                text, mask = with_null_prompt(text, mask, accelerator.unwrap_model(model).null_text, drop)
+                text_only = drop_mask(n, cfg.text_dropout, key, cfg.seed, rank, salt=TEXT_ONLY_SALT)
+                text, mask = with_null_prompt(text, mask, accelerator.unwrap_model(model).null_text, drop | text_only)
                 codes = codes * ~drop[:, None]  # the null prompt has no task either
                 g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank * 7919 + key + 1)
+                codes = jitter_levels(codes, cfg.code_jitter, g)
                 noise = torch.randn(x0.shape, generator=g)
                 t = torch.randint(cfg.num_train_timesteps, (n,), generator=g)
                 noisy, target = noised(noise_sched, x0, noise, t, cfg.prediction_type)

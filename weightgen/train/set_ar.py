@@ -19,6 +19,7 @@ import torch
 from rich.progress import Progress
 from transformers import LlamaConfig, LlamaModel
 
+from weightgen.errors import ConfigError
 from weightgen.generators.diffusion import with_null_prompt
 from weightgen.generators.init_from import keep_parent_stats
 from weightgen.generators.neuron_ar import NeuronAR, NeuronTokens, teacher_forced_loss
@@ -51,6 +52,7 @@ class SetARConfig(GeneratorTrainConfig):
     cond_dropout: float = 0.1  # share of prompts dropped (classifier-free guidance)
     task_code: bool = True
     n_classes: int = 10
+    depth_weight: float = 1.0  # batch share of an arch: its models x this per hidden layer beyond the first
 
 
 class SetARModel(torch.nn.Module):
@@ -65,6 +67,8 @@ class SetARModel(torch.nn.Module):
 
 
 def main(cfg: SetARConfig) -> None:
+    if not cfg.depth_weight > 0:
+        raise ConfigError(f"depth_weight must be above 0, got {cfg.depth_weight}")
     accelerator = make_accelerator(cfg)
     torch.manual_seed(cfg.seed)
 
@@ -103,7 +107,7 @@ def main(cfg: SetARConfig) -> None:
         for step in range(start, cfg.steps):
             for micro in range(cfg.grad_accum):
                 key = step * cfg.grad_accum + micro
-                d, rows, prompt, _ = sample_set_batch(data, cfg.batch_size, key, cfg.seed, rank)
+                d, rows, prompt, _ = sample_set_batch(data, cfg.batch_size, key, cfg.seed, rank, cfg.depth_weight)
                 drop = drop_mask(len(rows), cfg.cond_dropout, key, cfg.seed, rank)
                 text, mask = with_null_prompt(table.tokens[prompt], table.mask[prompt], parts.heads.null_text, drop)
                 codes = (d.task_codes[rows] * ~drop[:, None]).to(device) if cfg.task_code else None

@@ -66,6 +66,7 @@ class SetDiffusionConfig(GeneratorTrainConfig):
     sampler: str = "ddim"
     task_code: bool = True  # the task's structure (weightgen.tasks.task_code) joins the adaptive norms
     n_classes: int = 10
+    depth_weight: float = 1.0  # batch share of an arch: its models x this per hidden layer beyond the first
 
 
 def main(cfg: SetDiffusionConfig) -> None:
@@ -73,6 +74,8 @@ def main(cfg: SetDiffusionConfig) -> None:
         raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got '{cfg.sampler}'")
     if cfg.prediction_type not in ("epsilon", "sample", "v_prediction"):
         raise ConfigError(f"prediction_type must be epsilon, sample or v_prediction, got '{cfg.prediction_type}'")
+    if not cfg.depth_weight > 0:
+        raise ConfigError(f"depth_weight must be above 0, got {cfg.depth_weight}")
     accelerator = make_accelerator(cfg)
     torch.manual_seed(cfg.seed)
 
@@ -108,7 +111,7 @@ def main(cfg: SetDiffusionConfig) -> None:
         for step in range(start, cfg.steps):
             for micro in range(cfg.grad_accum):
                 key = step * cfg.grad_accum + micro
-                d, rows, prompt, g = sample_set_batch(data, cfg.batch_size, key, cfg.seed, rank)
+                d, rows, prompt, g = sample_set_batch(data, cfg.batch_size, key, cfg.seed, rank, cfg.depth_weight)
                 n = len(rows)
                 drop = drop_mask(n, cfg.cond_dropout, key, cfg.seed, rank)
                 text, mask = with_null_prompt(table.tokens[prompt], table.mask[prompt],
