@@ -7,7 +7,11 @@ drawn with `--seed`. Per task, the generated adapters' mean accuracy divided by 
 trained LoRAs of the task (the zoo's own adapters of it; for held-out tasks no generator saw them),
 and the accuracies of the base alone, a multitask LoRA on all seen tasks, retrieval (the nearest
 seen task's adapters) and `mean+gaussian` (weightgen/evaluate_lora.py). Seen tasks also report the
-share of samples as new as a fresh LoRA training on the task's probe set.
+share of samples as new as a fresh LoRA training on the task's probe set. Every task also reports
+the generator's ceiling: its trained adapters after a round trip through the generator's encoder
+(`through_encoder`; `ceiling_mean` / `ceiling_min` as ratios to trained): a latent space fitted on
+the zoo's training adapters cannot express what lies outside their span, and no sampler can then
+do better.
 
 Speed: `--speed N` adapters (the zoo's tasks in turn) trained with the zoo's recipe for
 `--speed-epochs` epochs, batched (weightgen's MultiLoRA trainer) and one after another with peft
@@ -98,6 +102,7 @@ def quality(zoo: LoRAZoo, args) -> dict:
 
     pipe, kind, _ = load_generator(args.generator, None)
     pipe.check_base()
+    codec = getattr(pipe, pipe.codec)
     held = sorted(zoo.store.held_out)
     seen = sorted(random.Random(args.seed).sample(zoo.seen_tasks(), min(args.seen, len(zoo.seen_tasks()))))
     t0 = time.perf_counter()
@@ -116,7 +121,8 @@ def quality(zoo: LoRAZoo, args) -> dict:
             sample_s += time.perf_counter() - start
             sampled += args.samples
             gen = zoo.accuracy(out.factors, task)
-            trained = zoo.accuracy(zoo.pick(zoo.rows(tid)), task)
+            own = zoo.pick(zoo.rows(tid))
+            trained = zoo.accuracy(own, task)
             near, near_factors = retrieval(zoo, task)
             zero = {n: torch.zeros(1, *f.shape[1:]) for n, f in zoo.factors.items()}
             row = {
@@ -127,6 +133,9 @@ def quality(zoo: LoRAZoo, args) -> dict:
                 "mean_gaussian": zoo.accuracy(mean_gaussian(zoo, task, args.samples, g), task).mean().item(),
             }
             row["ratio"] = row["gen_mean"] / row["trained"]
+            # the generator's ceiling: the task's own trained adapters after its encoder's round trip
+            # (a latent space fitted on the zoo cannot express what lies outside its span)
+            row["through_encoder"] = zoo.accuracy(codec.decode(codec.encode(own)), task).mean().item()
             if group == "seen":
                 row["as_new"] = as_new(zoo, out.factors, task)
             rows.append(row)
@@ -135,8 +144,10 @@ def quality(zoo: LoRAZoo, args) -> dict:
     for group in ("held_out", "seen"):
         rs = [r for r in rows if r["group"] == group]
         ratios = [r["ratio"] for r in rs]
+        ceiling = [r["through_encoder"] / r["trained"] for r in rs]
         result[group] = {"tasks": len(rs), "ratio_mean": statistics.mean(ratios), "ratio_min": min(ratios),
-                         "finite": statistics.mean(r["finite"] for r in rs)}
+                         "finite": statistics.mean(r["finite"] for r in rs),
+                         "ceiling_mean": statistics.mean(ceiling), "ceiling_min": min(ceiling)}
         for ref in ("base", "multitask", "retrieval", "mean_gaussian", "trained"):
             result[group][f"margin_{ref}"] = statistics.mean(r["gen_mean"] - r[ref] for r in rs)
             result[group][f"beats_{ref}"] = sum(r["gen_mean"] > r[ref] for r in rs) / len(rs)
