@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
+from conftest import ROOT, load_train_script
 
+from weightgen.config import load_config
+from weightgen.errors import ConfigError
 from weightgen.generators.training import TEXT_ONLY_SALT, drop_mask, jitter_levels, sample_set_batch
 from weightgen.specs import ArchSpec
 from weightgen.tasks import LEVEL_ENTRIES, get_task, task_code
@@ -50,3 +54,20 @@ def test_text_dropout_draws_its_own_rows():
     a, b = drop_mask(512, 0.5, 3, 0, 0), drop_mask(512, 0.5, 3, 0, 0, salt=TEXT_ONLY_SALT)
     assert 0.4 < a.float().mean() < 0.6 and 0.4 < b.float().mean() < 0.6
     assert not torch.equal(a, b) and torch.equal(b, drop_mask(512, 0.5, 3, 0, 0, salt=TEXT_ONLY_SALT))
+
+
+@pytest.mark.parametrize(("script", "config", "key", "value", "message"), [
+    ("set_diffusion", "debug-set-diffusion.yaml", "depth_weight", "0", "depth_weight must be above 0"),
+    ("set_ar", "debug-set-ar.yaml", "depth_weight", "-1", "depth_weight must be above 0"),
+    ("diffusion", "debug-lora-diffusion.yaml", "text_dropout", "1.5", "text_dropout is a share"),
+    ("diffusion", "debug-lora-diffusion.yaml", "code_jitter", "-0.1", "code_jitter is a standard deviation"),
+])
+def test_bad_batch_settings_are_one_clear_error_before_any_work(script, config, key, value, message, tmp_path):
+    module = load_train_script(script)
+    cfg_class = next(v for k, v in vars(module).items() if k.endswith("Config") and k != "GeneratorTrainConfig"
+                     and isinstance(v, type) and v.__module__ == module.__name__)
+    cfg = load_config(cfg_class, ROOT / "configs" / "generator" / config,
+                      [f"zoo={tmp_path / 'no-zoo'}", f"out={tmp_path / 'out'}", f"{key}={value}"])
+    with pytest.raises(ConfigError, match=message):
+        module.main(cfg)
+    assert not (tmp_path / "out").exists()
