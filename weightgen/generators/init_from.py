@@ -6,7 +6,9 @@ trained weights before the optimiser and the EMA are made:
 - a tensor whose name and shape match is copied;
 - a tensor whose shape differs (a table that grew with new task kinds or classes) keeps its fresh
   initialisation, and the script says which, in one line; a parent of another model class, or one
-  whose blocks differ in size, is refused, because then almost nothing would carry over;
+  whose blocks differ in size, is refused, because then almost nothing would carry over; the one
+  exception is the task-code projection of a parent saved when the code was shorter (the code only
+  appends sections): its columns are copied, and the new ones start at zero;
 - statistics (every buffer: prompt-token, weight and latent statistics, probe inputs, task means,
   codebooks, and a closed-form encoder such as the LoRA PCA) are refitted on the new zoo with
   `init_stats: refit`, or taken whole from the parent with `keep` (`keep_parent_stats`, before the
@@ -92,7 +94,8 @@ def keep_parent_stats(model: torch.nn.Module, cfg, say=print) -> bool:
 
 def init_from_parent(model: torch.nn.Module, parent: str | Path, say=print) -> dict:
     """Copy the parent's weights (parameters; statistics are `keep_parent_stats`'s) into `model` in
-    place; returns {"copied": names, "fresh": names of new or resized tensors kept fresh}."""
+    place; returns {"copied": names, "extended": task-code projections whose input grew (`code_grew`),
+    "fresh": names of new or resized tensors kept fresh}."""
     theirs = parent_state(parent, model)
     params = dict(model.named_parameters())
     summary = {"copied": [], "fresh": [], "extended": []}
