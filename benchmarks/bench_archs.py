@@ -35,10 +35,10 @@ import time
 from pathlib import Path
 
 from weightgen.evaluate import EvalConfig, evaluate_samples, score_flat
+from weightgen.generators.diffusion import SAMPLERS
 from weightgen.home import load_generator
 from weightgen.specs import ArchSpec
 from weightgen.tasks import get_task
-from weightgen.train.set_diffusion import SAMPLERS
 from weightgen.zoo.store import ZooStore
 
 CASES = ("seen", "seen_arch_held_task", "unseen_arch_seen_task", "unseen_arch_held_task")

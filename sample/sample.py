@@ -24,8 +24,9 @@ def main(cfg: SampleConfig) -> None:
     from weightgen import atomic
     from weightgen.cli_checks import check_text
     from weightgen.errors import ConfigError
-    from weightgen.generate import check_sampling_args, check_writable
+    from weightgen.generate import check_writable
     from weightgen.home import load_generator
+    from weightgen.sampling import check_sampling_args
 
     steps, guidance, temperature = optional(cfg.steps, 0), optional(cfg.guidance, -1.0), optional(cfg.temperature, -1.0)
     if not cfg.prompts:

@@ -80,6 +80,16 @@ def sha256_of(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str
     return h.hexdigest()
 
 
+def header_tensors(f) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Name -> (safetensors dtype name, shape) of every tensor in an open `safe_open` file, read from
+    the header alone, so a reader can check a file before loading any tensor."""
+    out = {}
+    for name in f.keys():
+        view = f.get_slice(name)
+        out[name] = (view.get_dtype(), tuple(view.get_shape()))
+    return out
+
+
 def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """Write tensors plus metadata and its SHA256_KEY; the same tensors and metadata always give
     the same bytes, in one process or across processes."""

@@ -98,16 +98,16 @@ def read_metadata(path: str | Path) -> dict:
 
 def _decode(file: Path, raw: dict[str, str]) -> dict:
     if raw.get("weightgen_format") != FORMAT:
-        raise CheckpointError(f"{_name(file)} is a safetensors file but not a weightgen checkpoint (no weightgen metadata)")
+        raise CheckpointError(f"{shorten(file)} is a safetensors file but not a weightgen checkpoint (no weightgen metadata)")
     meta = {"weightgen_format": FORMAT}
     for k, v in raw.items():
         if k != "weightgen_format":
             try:
                 meta[k] = json.loads(v)
             except (ValueError, RecursionError) as e:  # bad JSON, an int of 5,000 digits, nesting past the stack
-                raise CheckpointError(f"{_name(file)} has corrupt weightgen metadata (key {short(k)} is not JSON)") from e
+                raise CheckpointError(f"{shorten(file)} has corrupt weightgen metadata (key {short(k)} is not JSON)") from e
             if _depth(meta[k]) > MAX_DEPTH:  # whoever prints or walks it would recurse as deep
-                raise CheckpointError(f"{_name(file)} has corrupt weightgen metadata (key {short(k)} nests deeper "
+                raise CheckpointError(f"{shorten(file)} has corrupt weightgen metadata (key {short(k)} nests deeper "
                                       f"than {MAX_DEPTH} levels)")
     _check_header(file, meta)
     return meta
@@ -134,10 +134,10 @@ def _check_header(file: Path, meta: dict) -> None:
                 raise CheckpointError(f"a task record is an object with an id, got {short(task)}")
             get_task(task["id"])
     except WeightgenError as e:
-        raise CheckpointError(f"{_name(file)} has malformed weightgen metadata (arch or task record: {e})") from e
+        raise CheckpointError(f"{shorten(file)} has malformed weightgen metadata (arch or task record: {e})") from e
     for key in ("prompt", SHA256_KEY):
         if not isinstance(meta.get(key, ""), str):
-            raise CheckpointError(f"{_name(file)} has malformed weightgen metadata ({key} is not text)")
+            raise CheckpointError(f"{shorten(file)} has malformed weightgen metadata ({key} is not text)")
 
 
 def load_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -149,7 +149,7 @@ def load_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         meta = _decode(file, raw)
         arch = ArchSpec.from_dict(meta["arch"])
         # names, dtypes and shapes from the header first, so nothing is read for a file that cannot fit
-        stored = {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
+        stored = atomic.header_tensors(f)
         _check_tensors(file, arch, stored)
         sd = {k: f.get_tensor(k) for k in stored}
     checksum = meta.get(SHA256_KEY)
@@ -157,9 +157,9 @@ def load_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     weights = {k: t.float() for k, t in sd.items()}  # a float64 too large for float32 becomes inf here
     bad = [k for k, t in weights.items() if not t.isfinite().all()]
     if bad:
-        raise CheckpointError(f"{_name(file)} holds non-finite weights (NaN or inf in {short(bad[0])})")
+        raise CheckpointError(f"{shorten(file)} holds non-finite weights (NaN or inf in {short(bad[0])})")
     if checksum is not None and checksum != atomic.sha256_of(sd, raw):
-        raise CheckpointError(f"{_name(file)} is corrupt: its weights or metadata do not match the checksum "
+        raise CheckpointError(f"{shorten(file)} is corrupt: its weights or metadata do not match the checksum "
                               "written with them")
     return weights, meta
 
@@ -170,13 +170,13 @@ def _check_tensors(file: Path, arch: ArchSpec, stored: dict[str, tuple[str, tupl
     missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
     if missing or extra:
         which = f"lacks {short(missing)}" if missing else f"has unexpected tensors {short(extra)}"
-        raise CheckpointError(f"{_name(file)} does not hold a {arch.describe()}: it {which}")
+        raise CheckpointError(f"{shorten(file)} does not hold a {arch.describe()}: it {which}")
     for name, (dtype, shape) in stored.items():
         if dtype not in FLOAT_DTYPES:
-            raise CheckpointError(f"{_name(file)} stores {short(name)} as {short(dtype)}; weights must be "
+            raise CheckpointError(f"{shorten(file)} stores {short(name)} as {short(dtype)}; weights must be "
                                   f"floating point ({', '.join(FLOAT_DTYPES)})")
         if shape != expected[name]:
-            raise CheckpointError(f"{_name(file)} does not hold a {arch.describe()}: {short(name)} has shape "
+            raise CheckpointError(f"{shorten(file)} does not hold a {arch.describe()}: {short(name)} has shape "
                                   f"{short(shape)}, expected {expected[name]}")
 
 
@@ -187,7 +187,7 @@ def _reading(file: Path):
         with safe_open(str(file), framework="pt") as f:
             yield f
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{_name(file)} is not a valid safetensors file (it is truncated or corrupt)") from e
+        raise CheckpointError(f"{shorten(file)} is not a valid safetensors file (it is truncated or corrupt)") from e
 
 
 def load_model(path: str | Path) -> nn.Module:
@@ -206,16 +206,16 @@ def _weights_file(path: Path) -> Path:
     try:
         return _find_weights(path)
     except (OSError, ValueError) as e:  # a name too long for the file system, a NUL byte, no permission
-        raise CheckpointError(f"cannot read a checkpoint at {_name(path)} ({getattr(e, 'strerror', None) or e})") from e
+        raise CheckpointError(f"cannot read a checkpoint at {shorten(path)} ({getattr(e, 'strerror', None) or e})") from e
 
 
 def _find_weights(path: Path) -> Path:
     if path.is_dir():
         path = path / WEIGHTS_NAME
         if not path.is_file():
-            raise CheckpointError(f"{_name(path.parent)} is a folder without {WEIGHTS_NAME}, so not a weightgen checkpoint")
+            raise CheckpointError(f"{shorten(path.parent)} is a folder without {WEIGHTS_NAME}, so not a weightgen checkpoint")
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {_name(path)}")
+        raise CheckpointError(f"no checkpoint at {shorten(path)}")
     with open(path, "rb") as f:
         head = f.read(9)
     # safetensors starts with a little-endian u64 header length, then the JSON header's "{"; check
@@ -223,9 +223,6 @@ def _find_weights(path: Path) -> Path:
     header_len = int.from_bytes(head[:8], "little")
     looks_safetensors = head[8:9] == b"{" and 8 + header_len <= path.stat().st_size
     if not looks_safetensors and head.startswith(_PICKLE_MAGIC):
-        raise CheckpointError(f"{_name(path)} is a pickle/torch.save file; weightgen never unpickles files, use safetensors")
+        raise CheckpointError(f"{shorten(path)} is a pickle/torch.save file; weightgen never unpickles files, use safetensors")
     return path
 
-
-def _name(path: Path) -> str:
-    return shorten(str(path))

@@ -19,11 +19,11 @@ from weightgen.cli_checks import (
     USAGE_ERRORS,
     check_path,
     check_report_path,
-    check_sampling_args,
     check_text,
     one_line,
 )
 from weightgen.errors import WeightgenError, shorten
+from weightgen.sampling import check_sampling_args
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Generate neural-network weights from text.")
 # piped output (logs, CI) gets room for the tables instead of rich's 80-column default

@@ -1,21 +1,21 @@
 """Checks of command-line arguments, run before anything slow (loading a generator takes up to ~30 s,
 an evaluation minutes), so bad input costs nothing and loses nothing already computed. This module
-imports nothing heavy (no torch), so a refused command returns in the time Python takes to start;
-`generate.draw` runs the same sampling checks for library callers.
+imports nothing heavy (no torch), so a refused command returns in the time Python takes to start.
+The sampling options' checks live with the library (`weightgen.sampling.check_sampling_args`, run
+again by `generate.draw`), since library callers need them too.
 
 Each raises a `WeightgenError` with one sentence; `one_line` keeps any message on one line.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 
 import click
 import typer
 
-from weightgen.errors import GeneratorError, WeightgenError, short, shorten
+from weightgen.errors import WeightgenError, shorten
 
 # Usage errors (a missing argument, "-n abc") as main() must catch them: typer >= 0.20 raises those of
 # the click copy it vendors, which are not click's classes, so catching click's alone let them through
@@ -25,32 +25,6 @@ ABORTS = (click.exceptions.Abort, typer.Abort)
 
 MAX_PROMPT_CHARS = 2_000  # the text encoder reads 256 tokens; a task prompt is one sentence
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-MAX_SAMPLES = 10_000  # per call: every sample is decoded, written as a file and evaluated
-MAX_SAMPLE_FLOATS = 2**28  # samples x parameters held at once: 1 GiB of float32
-MAX_SEED = 2**32 - 1  # what every seeding API (torch, numpy) accepts
-MAX_STEPS = 10_000  # diffusion steps; a pipeline then caps them at its scheduler's training steps
-
-
-def check_sampling_args(num_samples, seed, steps=None, guidance=None, temperature=None) -> None:
-    """Refuse sampling options no generator accepts before one is loaded (that takes up to ~30 s); a
-    loaded pipeline checks its own exact ranges again (generators.common.check_range)."""
-    def number(v) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise GeneratorError(f"-n must be at least 1, got {num_samples}")
-    if num_samples > MAX_SAMPLES:
-        raise GeneratorError(f"-n must be at most {MAX_SAMPLES:,}, got {num_samples:,}; sample in several runs")
-    if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise GeneratorError(f"--seed must be an integer between 0 and {MAX_SEED}, got {short(seed)}")
-    if steps is not None and (not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS):
-        raise GeneratorError(f"--steps must be between 1 and {MAX_STEPS:,}, got {short(steps)}")
-    if guidance is not None and not (number(guidance) and 0 <= guidance <= 20):
-        raise GeneratorError(f"--guidance must be a number between 0 and 20, got {short(guidance)}")
-    if temperature is not None and not (number(temperature) and 0 <= temperature <= 10):
-        raise GeneratorError(f"--temperature must be a number between 0 and 10, got {short(temperature)}")
 
 
 def check_text(what: str, text: str | None, limit: int = MAX_PROMPT_CHARS) -> None:

@@ -5,6 +5,7 @@ subclass of `WeightgenError`; the CLI prints its message and exits with status 2
 `short` and `shorten` quote user values in messages without ever formatting a huge one.
 """
 
+import os
 import reprlib
 
 
@@ -58,7 +59,8 @@ def short(value, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def shorten(text: str, limit: int = 200) -> str:
+def shorten(text: str | os.PathLike, limit: int = 200) -> str:
     """`text` (a path, a name) cut in the middle to at most `limit` characters, on one line."""
+    text = os.fspath(text)
     text = text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
     return text if len(text) <= limit else text[: limit // 2 - 2] + "..." + text[-(limit // 2 - 1):]

@@ -19,10 +19,10 @@ import torch
 
 from weightgen import atomic
 from weightgen.checkpoint import save_model
-from weightgen.cli_checks import MAX_SAMPLE_FLOATS, check_sampling_args
 from weightgen.errors import GeneratorError, WeightgenError
 from weightgen.evaluate import evaluate_samples, score_flat
 from weightgen.generators.common import GeneratedWeights
+from weightgen.sampling import MAX_SAMPLE_FLOATS, check_sampling_args
 from weightgen.specs import ArchSpec
 from weightgen.zoo.store import ZooStore
 

@@ -22,6 +22,7 @@ null prompt with probability `cond_dropout`; sampling runs both and extrapolates
 from __future__ import annotations
 
 import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from weightgen.encoders.autoencoder import WeightAutoencoder  # noqa: F401  (diffusers resolves it from sys.modules)
@@ -35,6 +36,9 @@ from weightgen.generators.common import (
 from weightgen.generators.dit import WeightDiT  # noqa: F401  (diffusers resolves it from sys.modules)
 from weightgen.specs import ArchSpec
 from weightgen.tasks import TASK_CODE_DIM, task_code
+
+# the schedulers a diffusion pipeline may be saved (or swapped) with for sampling, by config name
+SAMPLERS = {"ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
 
 TRAIN_HINT = "`python train/train_diffusion.py configs/generator/diffusion-digits.yaml`"
 FILES = {

@@ -17,13 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDPMScheduler
 from rich.progress import Progress
 
 from weightgen.encoders.adapter_quantizer import AdapterPCA
 from weightgen.encoders.autoencoder import WeightAutoencoder
 from weightgen.errors import ConfigError
-from weightgen.generators.diffusion import WeightDiffusionPipeline, with_null_prompt
+from weightgen.generators.diffusion import SAMPLERS, WeightDiffusionPipeline, with_null_prompt
 from weightgen.generators.dit import WeightDiT
 from weightgen.generators.init_from import check_parent_encoder, keep_parent_stats, parent_component
 from weightgen.generators.lora_diffusion import LoRADiffusionPipeline
@@ -46,8 +46,6 @@ from weightgen.generators.training import (
 from weightgen.tasks import TASK_CODE_DIM
 from weightgen.zoo.lora_build import zoo_base
 from weightgen.zoo.store import ZooStore
-
-SAMPLERS = {"ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDPMScheduler
 from rich.progress import Progress
 
 from weightgen.errors import ConfigError
-from weightgen.generators.diffusion import with_null_prompt
+from weightgen.generators.diffusion import SAMPLERS, with_null_prompt
 from weightgen.generators.init_from import keep_parent_stats
 from weightgen.generators.set_diffusion import (
     SetDiffusionPipeline,
@@ -43,8 +43,6 @@ from weightgen.generators.training import (
     set_training_data,
 )
 from weightgen.tasks import TASK_CODE_DIM
-
-SAMPLERS = {"ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
 
 
 @dataclass(frozen=True)

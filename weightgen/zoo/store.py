@@ -79,19 +79,19 @@ class ZooStore:
     def manifest(self) -> dict:
         path = self.root / "zoo.json"
         if not self.root.is_dir():
-            raise ZooError(f"no zoo at {_name(self.root)}: the folder does not exist")
+            raise ZooError(f"no zoo at {shorten(self.root)}: the folder does not exist")
         if not path.is_file():
-            raise ZooError(f"no zoo at {_name(self.root)}: zoo.json is missing (build one with `weightgen zoo build`)")
+            raise ZooError(f"no zoo at {shorten(self.root)}: zoo.json is missing (build one with `weightgen zoo build`)")
         try:
             manifest = json.loads(path.read_bytes())
         except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            raise ZooError(f"{_name(path)} is not valid JSON; the zoo folder is corrupt") from e
+            raise ZooError(f"{shorten(path)} is not valid JSON; the zoo folder is corrupt") from e
         fmt = manifest.get("format") if isinstance(manifest, dict) else None
         if fmt != ZOO_FORMAT:
-            raise ZooError(f"{_name(path)} is not a weightgen zoo (format {short(fmt)}, expected {ZOO_FORMAT})")
+            raise ZooError(f"{shorten(path)} is not a weightgen zoo (format {short(fmt)}, expected {ZOO_FORMAT})")
         problem = _manifest_problem(manifest)
         if problem:
-            raise ZooError(f"{_name(path)} is corrupt: {problem}")
+            raise ZooError(f"{shorten(path)} is corrupt: {problem}")
         return manifest
 
     @cached_property
@@ -104,11 +104,11 @@ class ZooStore:
         path = self.root / "records.jsonl"
         self.manifest  # noqa: B018 - validates the folder first, for a clearer error
         if not path.is_file():
-            raise ZooError(f"zoo {_name(self.root)} is incomplete: records.jsonl is missing (re-run `weightgen zoo build`)")
+            raise ZooError(f"zoo {shorten(self.root)} is incomplete: records.jsonl is missing (re-run `weightgen zoo build`)")
         try:
             lines = path.read_bytes().decode("utf-8").split("\n")
         except UnicodeDecodeError as e:
-            raise ZooError(f"{_name(path)} is not UTF-8 text; re-run `weightgen zoo build` to rewrite it") from e
+            raise ZooError(f"{shorten(path)} is not UTF-8 text; re-run `weightgen zoo build` to rewrite it") from e
         records, ids, rows = [], set(), set()
         for n, line in enumerate(lines, 1):
             if not line.strip():
@@ -116,14 +116,14 @@ class ZooStore:
             try:
                 rec = json.loads(line)
             except (ValueError, RecursionError) as e:
-                raise ZooError(f"{_name(path)} line {n} is not a JSON record; re-run `weightgen zoo build` to rewrite it") from e
+                raise ZooError(f"{shorten(path)} line {n} is not a JSON record; re-run `weightgen zoo build` to rewrite it") from e
             problem = _record_problem(rec, self._plan)
             if problem is None and rec["id"] in ids:
                 problem = f"repeats model {rec['id']}"
             if problem is None and (rec["shard"], rec["row"]) in rows:
                 problem = f"repeats row {rec['row']} of shard {rec['shard']}"
             if problem:
-                raise ZooError(f"{_name(path)} line {n} {problem}; re-run `weightgen zoo build` to rewrite it")
+                raise ZooError(f"{shorten(path)} line {n} {problem}; re-run `weightgen zoo build` to rewrite it")
             ids.add(rec["id"])
             rows.add((rec["shard"], rec["row"]))
             records.append(rec)
@@ -134,7 +134,7 @@ class ZooStore:
             if rec["shard"] not in stored:
                 stored[rec["shard"]] = self._header_records(rec["shard"])
             if stored[rec["shard"]][rec["row"]] != json.dumps(rec, sort_keys=True):
-                raise ZooError(f"{_name(path)} says something else about model {rec['id']} than its shard "
+                raise ZooError(f"{shorten(path)} says something else about model {rec['id']} than its shard "
                                f"{short(rec['shard'])}; re-run `weightgen zoo build` to rewrite it")
         return records
 
@@ -145,16 +145,16 @@ class ZooStore:
             with safe_open(str(path), framework="pt") as f:
                 records = json.loads((f.metadata() or {}).get("records", ""))
         except (OSError, SafetensorError, ValueError, RecursionError) as e:
-            raise ZooError(f"zoo shard {_name(path)} is missing or corrupt; re-run `weightgen zoo build`") from e
+            raise ZooError(f"zoo shard {shorten(path)} is missing or corrupt; re-run `weightgen zoo build`") from e
         if not isinstance(records, list) or len(records) != len(self._plan[name]["models"]):
-            raise ZooError(f"zoo shard {_name(path)} is corrupt: its records do not match the plan in zoo.json")
+            raise ZooError(f"zoo shard {shorten(path)} is corrupt: its records do not match the plan in zoo.json")
         return [json.dumps(r, sort_keys=True) for r in records]
 
     def check_complete(self) -> None:
         planned = sum(len(s["models"]) for s in self.manifest["shards"])
         if len(self.records) != planned:
             raise ZooError(
-                f"zoo {_name(self.root)} is incomplete: {len(self.records)} of {planned} models are built; "
+                f"zoo {shorten(self.root)} is incomplete: {len(self.records)} of {planned} models are built; "
                 "re-run the same `weightgen zoo build` to finish it"
             )
 
@@ -183,7 +183,7 @@ class ZooStore:
     def record(self, model_id: int) -> dict:
         by_id = self._by_id  # built once, not per lookup: exporting a whole zoo is N lookups
         if model_id not in by_id:
-            raise ZooError(f"zoo {_name(self.root)} has no model with id {short(model_id)} "
+            raise ZooError(f"zoo {shorten(self.root)} has no model with id {short(model_id)} "
                            f"(ids run 0..{len(self.records) - 1})")
         return by_id[model_id]
 
@@ -199,20 +199,20 @@ class ZooStore:
         plan = self._plan.get(name)
         path = self.shard_dir / name
         if plan is None:
-            raise ZooError(f"zoo {_name(self.root)} plans no shard named {short(name)}")
+            raise ZooError(f"zoo {shorten(self.root)} plans no shard named {short(name)}")
         try:
             with safe_open(str(path), framework="pt") as f:
                 raw = f.metadata() or {}
-                stored = {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
+                stored = atomic.header_tensors(f)
                 problem = _shard_problem(raw, stored, self._shard_shapes(plan), plan)
                 tensors = {} if problem else {k: f.get_tensor(k) for k in stored}
         except (OSError, SafetensorError, ValueError) as e:
-            raise ZooError(f"zoo shard {_name(path)} is missing or corrupt; re-run `weightgen zoo build`") from e
+            raise ZooError(f"zoo shard {shorten(path)} is missing or corrupt; re-run `weightgen zoo build`") from e
         checksum = raw.get(atomic.SHA256_KEY)
         if problem is None and checksum is not None and checksum != json.dumps(atomic.sha256_of(tensors, raw)):
             problem = "its weights or metadata do not match the checksum written with them"
         if problem:
-            raise ZooError(f"zoo shard {_name(path)} is corrupt: {problem}; re-run `weightgen zoo build` to retrain it")
+            raise ZooError(f"zoo shard {shorten(path)} is corrupt: {problem}; re-run `weightgen zoo build` to retrain it")
         self._checked[name] = json.loads(raw["records"])
         return self._checked[name]
 
@@ -247,9 +247,6 @@ class ZooStore:
             return {}, []
         return {n: torch.cat([p[n] for p in parts]) for n in parts[0]}, ordered
 
-
-def _name(path: Path) -> str:
-    return shorten(str(path))
 
 
 def _is_int(v) -> bool:
