@@ -24,7 +24,7 @@ from weightgen.generators.common import (
     resolve_request,
     sample_generator,
 )
-from weightgen.generators.diffusion import with_null_prompt
+from weightgen.generators.diffusion import clean_estimate, with_null_prompt
 from weightgen.generators.set_dit import SetDiT
 from weightgen.space.neurons import NeuronLayout, check_expressible, neuron_layout, output_classes
 from weightgen.specs import ArchSpec
@@ -63,18 +63,6 @@ def layer_masks(layout: NeuronLayout) -> list[torch.Tensor]:
     return [pack(((node_layer == i) & layout.feature_mask)[None],
                  [torch.full((1, hi, lo), i == j + 1) for j, (lo, hi) in enumerate(zip(sizes[1:-1], sizes[2:]))])[0]
             for i in range(len(layout.slices))]
-
-
-def clean_estimate(alphas_cumprod: torch.Tensor, x_t: torch.Tensor, out: torch.Tensor, t: torch.Tensor,
-                   prediction_type: str) -> torch.Tensor:
-    """The model's estimate of x0 from its output at x_t (t: (B,) or a scalar): what a
-    self-conditioning denoiser reads at the next step."""
-    a = alphas_cumprod.to(x_t.device)[t.to(x_t.device)].to(x_t.dtype).reshape(-1, 1)
-    if prediction_type == "v_prediction":
-        return a.sqrt() * x_t - (1 - a).sqrt() * out
-    if prediction_type == "epsilon":
-        return (x_t - (1 - a).sqrt() * out) / a.sqrt().clamp_min(1e-4)
-    return out
 
 
 def check_set_arch(arch: ArchSpec, in_dim: int, n_classes: int) -> None:

@@ -135,7 +135,8 @@ def embed_prompts(texts: list[str], chunk: int = 256) -> PromptTable:
 def sample_batch(data: list[ArchData], table: PromptTable, n: int, step: int, seed: int, rank: int):
     """n models of one arch (drawn in proportion to each arch's share of the zoo), each with one of its
     prompts at random. Seeded by (seed, rank, step), so a resumed run draws the same batches.
-    Returns (arch data, codes (n, T, ...), text tokens (n, L, D), text mask (n, L), task codes (n, F))."""
+    Returns (arch data, codes (n, T, ...), text tokens (n, L, D), text mask (n, L), task codes (n, F),
+    rows (n,) into the arch data)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + rank * 7919 + step)
     sizes = torch.tensor([len(d.codes) for d in data], dtype=torch.float)
     d = data[int(torch.multinomial(sizes, 1, generator=g))]
@@ -144,7 +145,7 @@ def sample_batch(data: list[ArchData], table: PromptTable, n: int, step: int, se
     count = (choices >= 0).sum(1)
     pick = (torch.rand(n, generator=g) * count).long()
     prompt = choices[torch.arange(n), pick]
-    return d, d.codes[rows], table.tokens[prompt], table.mask[prompt], d.task_codes[rows]
+    return d, d.codes[rows], table.tokens[prompt], table.mask[prompt], d.task_codes[rows], rows
 
 
 def make_accelerator(cfg: GeneratorTrainConfig):

@@ -110,8 +110,8 @@ def main(cfg: ARConfig) -> None:
         job = progress.add_task("autoregressive", total=cfg.steps, completed=start)
         for step in range(start, cfg.steps):
             for micro in range(cfg.grad_accum):
-                _, seq, text, mask, codes = sample_batch(data, table, cfg.batch_size, step * cfg.grad_accum + micro,
-                                                  cfg.seed, rank)
+                _, seq, text, mask, codes, _ = sample_batch(data, table, cfg.batch_size, step * cfg.grad_accum + micro,
+                                                     cfg.seed, rank)
                 seq = seq.to(device)
                 with accelerator.accumulate(model):
                     loss = model(text.to(device), mask.to(device), seq, codes.to(device))

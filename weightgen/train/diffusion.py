@@ -20,10 +20,12 @@ import torch
 from diffusers import DDPMScheduler
 from rich.progress import Progress
 
+from weightgen.encoders.adapter_factors import AdapterFactorTokens
 from weightgen.encoders.adapter_quantizer import AdapterPCA
 from weightgen.encoders.autoencoder import WeightAutoencoder
 from weightgen.errors import ConfigError
-from weightgen.generators.diffusion import SAMPLERS, WeightDiffusionPipeline, with_null_prompt
+from weightgen.generators.adapter_task_loss import AdapterTaskLoss
+from weightgen.generators.diffusion import SAMPLERS, WeightDiffusionPipeline, clean_estimate, with_null_prompt
 from weightgen.generators.dit import WeightDiT
 from weightgen.generators.init_from import check_parent_encoder, keep_parent_stats, parent_component
 from weightgen.generators.lora_diffusion import LoRADiffusionPipeline
@@ -68,6 +70,9 @@ class DiffusionConfig(GeneratorTrainConfig):
     task_offsets: bool = True  # seen tasks also keep their own (shrunk) offset from it (generators/dit.py)
     latent_components: int = 0  # LoRA zoos: > 0 diffuses this many principal coefficients of the deltas
     latent_per_token: int = 8  # LoRA zoos: coefficients per denoiser token
+    adapter_tokens: str = "delta"  # LoRA zoos: delta (rows of B A) | factors (canonical A, B: encoders/adapter_factors.py)
+    task_loss: float = 0.0  # LoRA zoos, factor tokens: weight of the predicted adapters' task cross-entropy
+    task_images: int = 32  # training images per example for that loss
 
 
 def main(cfg: DiffusionConfig) -> None:
@@ -80,6 +85,7 @@ def main(cfg: DiffusionConfig) -> None:
             raise ConfigError(f"{name} is a share of examples, from 0 to 1; got {getattr(cfg, name)}")
     if not cfg.code_jitter >= 0:
         raise ConfigError(f"code_jitter is a standard deviation, 0 or more; got {cfg.code_jitter}")
+    check_adapter_options(cfg)
     accelerator = make_accelerator(cfg)
     torch.manual_seed(cfg.seed)  # same init on every process
 
@@ -87,6 +93,8 @@ def main(cfg: DiffusionConfig) -> None:
     #    prompt embedded once, and the denoiser shaped for them.
     lora = is_lora_zoo(cfg.zoo)
     encoder, data, table, denoiser = (lora_setup if lora else weight_setup)(cfg)
+    if cfg.task_loss and not lora:
+        raise ConfigError("task_loss needs a LoRA zoo as zoo")
     kept = keep_parent_stats(denoiser, cfg, accelerator.print)  # init_from + init_stats: keep
     if not kept:
         denoiser.set_text_stats(table.tokens, table.mask)
@@ -99,6 +107,8 @@ def main(cfg: DiffusionConfig) -> None:
 
     # 2-3. Optimiser, schedule and EMA (`prepare_training`), resumed from the newest checkpoint if any.
     model, opt, sched, ema, start = prepare_training(accelerator, cfg, denoiser)
+    task_loss = AdapterTaskLoss(zoo_base(ZooStore(cfg.zoo)), encoder.config.lora, [r["task"] for r in data[0].records],
+                                cfg.task_images).to(accelerator.device) if cfg.task_loss else None
 
     # 4. Train: noise a batch of standardised latents at random timesteps, predict the target.
     rank = accelerator.process_index
@@ -107,7 +117,7 @@ def main(cfg: DiffusionConfig) -> None:
         for step in range(start, cfg.steps):
             for micro in range(cfg.grad_accum):
                 key = step * cfg.grad_accum + micro
-                d, x0, text, mask, codes = sample_batch(data, table, cfg.batch_size, key, cfg.seed, rank)
+                d, x0, text, mask, codes, rows = sample_batch(data, table, cfg.batch_size, key, cfg.seed, rank)
                 n = len(x0)
                 drop = drop_mask(n, cfg.cond_dropout, key, cfg.seed, rank)
                 text_only = drop_mask(n, cfg.text_dropout, key, cfg.seed, rank, salt=TEXT_ONLY_SALT)
@@ -124,6 +134,14 @@ def main(cfg: DiffusionConfig) -> None:
                                 mask.to(accelerator.device), torch.full((n,), d.index, device=accelerator.device),
                                 meta.to(accelerator.device), task_code=codes.to(accelerator.device))
                     loss = torch.nn.functional.mse_loss(out.float(), target.to(accelerator.device))
+                    if task_loss is not None and not drop.all():  # the null prompt has no task to score
+                        keep = (~drop).to(accelerator.device)
+                        x0_hat = clean_estimate(noise_sched.alphas_cumprod, noisy.to(accelerator.device), out.float(),
+                                                t, cfg.prediction_type)[keep]
+                        x0_hat = accelerator.unwrap_model(model).destandardize(x0_hat, 0)
+                        factors = encoder.decode(x0_hat * encoder.used.to(x0_hat.device))
+                        tasks = [d.records[int(r)]["task"] for r, k in zip(rows, keep.tolist()) if k]
+                        loss = loss + cfg.task_loss * task_loss(factors, tasks, g)
                     accelerator.backward(loss)
                     opt.step()
                     opt.zero_grad()
@@ -138,11 +156,27 @@ def main(cfg: DiffusionConfig) -> None:
         else WeightDiffusionPipeline(denoiser=final, scheduler=scheduler, encoder=encoder))
 
 
+def check_adapter_options(cfg: DiffusionConfig) -> None:
+    if cfg.adapter_tokens not in ("delta", "factors"):
+        raise ConfigError(f"adapter_tokens must be delta or factors, got '{cfg.adapter_tokens}'")
+    if cfg.adapter_tokens == "factors" and cfg.latent_components:
+        raise ConfigError("latent_components (principal coefficients of the deltas) needs adapter_tokens: delta")
+    if cfg.task_loss < 0 or cfg.task_images < 1:
+        raise ConfigError(f"task_loss must be >= 0 and task_images >= 1, got {cfg.task_loss} and {cfg.task_images}")
+    if cfg.task_loss and cfg.adapter_tokens != "factors":
+        raise ConfigError("task_loss needs adapter_tokens: factors (decoding deltas takes an SVD that changes the "
+                          "adapter the loss would score)")
+
+
 def lora_setup(cfg: DiffusionConfig):
     """Adapter tokens of a LoRA zoo, and a denoiser over them (one 'arch': the base; a token's layer is
     its module, its position its row in that module)."""
     encoder, data, table = load_lora_zoo(cfg.zoo)
-    if cfg.latent_components:  # a closed-form linear encoder (weightgen/encoders/adapter_quantizer.py)
+    if cfg.adapter_tokens == "factors":  # canonical factors, decoded without an SVD
+        factors = encoder.decode(data[0].codes)
+        encoder = AdapterFactorTokens(encoder.config.lora)
+        data[0].codes = encoder.encode(factors)
+    elif cfg.latent_components:  # a closed-form linear encoder (weightgen/encoders/adapter_quantizer.py)
         factors = encoder.decode(data[0].codes)
         encoder = parent_component(cfg, "encoder", AdapterPCA) or AdapterPCA(
             encoder.config.lora, components=cfg.latent_components, per_token=cfg.latent_per_token).fit(factors)

@@ -19,11 +19,10 @@ from diffusers import DDPMScheduler
 from rich.progress import Progress
 
 from weightgen.errors import ConfigError
-from weightgen.generators.diffusion import SAMPLERS, with_null_prompt
+from weightgen.generators.diffusion import SAMPLERS, clean_estimate, with_null_prompt
 from weightgen.generators.init_from import keep_parent_stats
 from weightgen.generators.set_diffusion import (
     SetDiffusionPipeline,
-    clean_estimate,
     layer_masks,
     pack,
     packed_mask,
