@@ -210,7 +210,8 @@ def test_encoder_scripts_train_on_the_device(name, extra, debug_zoo, train_scrip
 GENERATORS = {  # script -> (config class, debug config, settings beyond it)
     "diffusion": ("DiffusionConfig", "debug-diffusion.yaml", []),
     "autoregressive": ("ARConfig", "debug-ar.yaml", []),
-    "set_diffusion": ("SetDiffusionConfig", "debug-set-diffusion.yaml", ["self_cond=1.0", "staged=true", "probe_size=8"]),
+    "set_diffusion": ("SetDiffusionConfig", "debug-set-diffusion.yaml",
+                      ["self_cond=1.0", "staged=true", "probe_size=8", "task_loss=0.5", "task_examples=4"]),
     "set_ar": ("SetARConfig", "debug-set-ar.yaml", ["probe_size=8"]),
 }
 

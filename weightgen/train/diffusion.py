@@ -24,12 +24,12 @@ from weightgen.encoders.adapter_factors import AdapterFactorTokens
 from weightgen.encoders.adapter_quantizer import AdapterPCA
 from weightgen.encoders.autoencoder import WeightAutoencoder
 from weightgen.errors import ConfigError
-from weightgen.generators.adapter_task_loss import AdapterTaskLoss
 from weightgen.generators.diffusion import SAMPLERS, WeightDiffusionPipeline, clean_estimate, with_null_prompt
 from weightgen.generators.dit import WeightDiT
 from weightgen.generators.init_from import check_parent_encoder, keep_parent_stats, parent_component
 from weightgen.generators.lora_diffusion import LoRADiffusionPipeline
 from weightgen.generators.lora_training import is_lora_zoo, load_lora_zoo
+from weightgen.generators.task_loss import AdapterTaskLoss
 from weightgen.generators.training import (
     TEXT_ONLY_SALT,
     GeneratorTrainConfig,
@@ -72,7 +72,7 @@ class DiffusionConfig(GeneratorTrainConfig):
     latent_per_token: int = 8  # LoRA zoos: coefficients per denoiser token
     adapter_tokens: str = "delta"  # LoRA zoos: delta (rows of B A) | factors (canonical A, B: encoders/adapter_factors.py)
     task_loss: float = 0.0  # LoRA zoos, factor tokens: weight of the predicted adapters' task cross-entropy
-    task_images: int = 32  # training images per example for that loss
+    task_examples: int = 32  # training examples per row for that loss
 
 
 def main(cfg: DiffusionConfig) -> None:
@@ -85,16 +85,16 @@ def main(cfg: DiffusionConfig) -> None:
             raise ConfigError(f"{name} is a share of examples, from 0 to 1; got {getattr(cfg, name)}")
     if not cfg.code_jitter >= 0:
         raise ConfigError(f"code_jitter is a standard deviation, 0 or more; got {cfg.code_jitter}")
+    lora = is_lora_zoo(cfg.zoo)
+    if cfg.task_loss and not lora:
+        raise ConfigError("task_loss needs a LoRA zoo as zoo (MLP zoos: the set diffusion generator's task_loss)")
     check_adapter_options(cfg)
     accelerator = make_accelerator(cfg)
     torch.manual_seed(cfg.seed)  # same init on every process
 
     # 1. Data: autoencoder latents (or adapter tokens) of every non-held-out model, every training
     #    prompt embedded once, and the denoiser shaped for them.
-    lora = is_lora_zoo(cfg.zoo)
     encoder, data, table, denoiser = (lora_setup if lora else weight_setup)(cfg)
-    if cfg.task_loss and not lora:
-        raise ConfigError("task_loss needs a LoRA zoo as zoo")
     kept = keep_parent_stats(denoiser, cfg, accelerator.print)  # init_from + init_stats: keep
     if not kept:
         denoiser.set_text_stats(table.tokens, table.mask)
@@ -108,7 +108,7 @@ def main(cfg: DiffusionConfig) -> None:
     # 2-3. Optimiser, schedule and EMA (`prepare_training`), resumed from the newest checkpoint if any.
     model, opt, sched, ema, start = prepare_training(accelerator, cfg, denoiser)
     task_loss = AdapterTaskLoss(zoo_base(ZooStore(cfg.zoo)), encoder.config.lora, [r["task"] for r in data[0].records],
-                                cfg.task_images).to(accelerator.device) if cfg.task_loss else None
+                                cfg.task_examples).to(accelerator.device) if cfg.task_loss else None
 
     # 4. Train: noise a batch of standardised latents at random timesteps, predict the target.
     rank = accelerator.process_index
@@ -161,8 +161,8 @@ def check_adapter_options(cfg: DiffusionConfig) -> None:
         raise ConfigError(f"adapter_tokens must be delta or factors, got '{cfg.adapter_tokens}'")
     if cfg.adapter_tokens == "factors" and cfg.latent_components:
         raise ConfigError("latent_components (principal coefficients of the deltas) needs adapter_tokens: delta")
-    if cfg.task_loss < 0 or cfg.task_images < 1:
-        raise ConfigError(f"task_loss must be >= 0 and task_images >= 1, got {cfg.task_loss} and {cfg.task_images}")
+    if cfg.task_loss < 0 or cfg.task_examples < 1:
+        raise ConfigError(f"task_loss must be >= 0 and task_examples >= 1, got {cfg.task_loss} and {cfg.task_examples}")
     if cfg.task_loss and cfg.adapter_tokens != "factors":
         raise ConfigError("task_loss needs adapter_tokens: factors (decoding deltas takes an SVD that changes the "
                           "adapter the loss would score)")

@@ -29,6 +29,7 @@ from weightgen.generators.set_diffusion import (
     unpack,
 )
 from weightgen.generators.set_dit import SetDiT
+from weightgen.generators.task_loss import NetworkTaskLoss
 from weightgen.generators.training import (
     GeneratorTrainConfig,
     drop_mask,
@@ -64,6 +65,22 @@ class SetDiffusionConfig(GeneratorTrainConfig):
     task_code: bool = True  # the task's structure (weightgen.tasks.task_code) joins the adaptive norms
     n_classes: int = 10
     depth_weight: float = 1.0  # batch share of an arch: its models x this per hidden layer beyond the first
+    task_loss: float = 0.0  # weight of the predicted networks' loss on their tasks' training data (generators/task_loss.py)
+    task_examples: int = 32  # training examples per row for that loss
+
+
+def network_loss(task_loss: NetworkTaskLoss, denoiser: SetDiT, d, rows, drop, noisy, out, t, clean, x0, noise_sched,
+                 prediction_type: str, g: torch.Generator) -> torch.Tensor:
+    """The task loss of the networks the denoiser's output implies (rows with a prompt only); slots
+    given clean in a staged batch keep their true value."""
+    device = out.device
+    keep = (~drop).to(device)
+    x0_hat = clean_estimate(noise_sched.alphas_cumprod, noisy.to(device), out.float(), t.to(device), prediction_type)
+    if clean is not None:
+        x0_hat = torch.where(clean.to(device), x0.to(device), x0_hat)
+    nodes, edges = denoiser.stats.destandardize(d.layout, *unpack(d.layout, (x0_hat * d.keep.to(device))[keep]))
+    tasks = [d.records[int(r)]["task"] for r, k in zip(rows, keep.tolist()) if k]
+    return task_loss(d.layout.arch, d.layout.join(nodes, edges), tasks, g)
 
 
 def main(cfg: SetDiffusionConfig) -> None:
@@ -73,6 +90,8 @@ def main(cfg: SetDiffusionConfig) -> None:
         raise ConfigError(f"prediction_type must be epsilon, sample or v_prediction, got '{cfg.prediction_type}'")
     if not cfg.depth_weight > 0:
         raise ConfigError(f"depth_weight must be above 0, got {cfg.depth_weight}")
+    if cfg.task_loss < 0 or cfg.task_examples < 1:
+        raise ConfigError(f"task_loss must be >= 0 and task_examples >= 1, got {cfg.task_loss} and {cfg.task_examples}")
     accelerator = make_accelerator(cfg)
     torch.manual_seed(cfg.seed)
 
@@ -100,6 +119,8 @@ def main(cfg: SetDiffusionConfig) -> None:
 
     # 2. Optimiser, schedule and EMA (`prepare_training`), resumed from the newest checkpoint if any.
     model, opt, sched, ema, start = prepare_training(accelerator, cfg, denoiser)
+    task_loss = NetworkTaskLoss([r["task"] for d in data for r in d.records], cfg.task_examples).to(accelerator.device) \
+        if cfg.task_loss else None
 
     # 3. Train: noise a batch of one arch's packed sets at random timesteps, predict the target.
     rank, device = accelerator.process_index, accelerator.device
@@ -143,6 +164,10 @@ def main(cfg: SetDiffusionConfig) -> None:
                     out = pack(out_nodes, out_edges)
                     weight = weight.to(device)
                     loss = ((out.float() - target.to(device)) ** 2 * weight).sum() / weight.sum()
+                    if task_loss is not None and not drop.all():  # the null prompt has no task to score
+                        loss = loss + cfg.task_loss * network_loss(task_loss, accelerator.unwrap_model(model), d, rows,
+                                                                   drop, noisy, out, t, clean if cfg.staged else None,
+                                                                   x0, noise_sched, cfg.prediction_type, g)
                     accelerator.backward(loss)
                     opt.step()
                     opt.zero_grad()

@@ -9,8 +9,8 @@ from diffusers import DDPMScheduler
 from weightgen.encoders.adapter import canonical
 from weightgen.encoders.adapter_factors import AdapterFactorTokens
 from weightgen.errors import CheckpointError, ConfigError
-from weightgen.generators.adapter_task_loss import AdapterTaskLoss
 from weightgen.generators.diffusion import clean_estimate
+from weightgen.generators.task_loss import AdapterTaskLoss
 from weightgen.tasks import get_task
 from weightgen.zoo.lora_build import zoo_base
 
@@ -61,7 +61,7 @@ def test_clean_estimate_inverts_the_training_target_at_any_rank(prediction_type)
 def test_task_loss_scores_adapters_on_their_own_task_and_trains_them(debug_lora_zoo):
     lora = debug_lora_zoo.manifest["lora"]
     tasks = sorted({r["task"] for r in debug_lora_zoo.records})
-    loss_fn = AdapterTaskLoss(zoo_base(debug_lora_zoo), lora, tasks, images=16)
+    loss_fn = AdapterTaskLoss(zoo_base(debug_lora_zoo), lora, tasks, examples=16)
     f = zoo_factors(debug_lora_zoo)
     ids = [r["task"] for r in debug_lora_zoo.records]
     trained = loss_fn(f, ids, torch.Generator().manual_seed(0))
@@ -88,13 +88,28 @@ def test_diffusion_trains_through_the_task_loss_and_samples(debug_lora_zoo, trai
     script = train_script("diffusion")
     cfg = repo_root / "configs" / "generator" / "debug-lora-diffusion.yaml"
     base = [f"zoo={debug_lora_zoo.root}", f"out={tmp_path / 'g'}", "latent_components=0", "steps=2"]
-    script.main(load_config(script.DiffusionConfig, cfg, [*base, "adapter_tokens=factors", "task_loss=1.0", "task_images=8"]))
+    script.main(load_config(script.DiffusionConfig, cfg, [*base, "adapter_tokens=factors", "task_loss=1.0", "task_examples=8"]))
     pipe, _, _ = load_generator(tmp_path / "g", None)
     assert type(pipe.encoder).__name__ == "AdapterFactorTokens"
     out = pipe("inverted digits", num_samples=2, num_inference_steps=2, generator=0)
     assert out.num_finite == 2 and out.factors["classifier.lora_B"].shape == (2, 10, 2)
-    for bad, match in ((["task_loss=1.0"], "adapter_tokens: factors"), (["adapter_tokens=rows"], "delta or factors"),
-                       (["adapter_tokens=factors", "latent_components=4"], "latent_components"),
-                       (["adapter_tokens=factors", "task_loss=-1"], "task_loss")):
-        with pytest.raises(ConfigError, match=match):
-            script.main(load_config(script.DiffusionConfig, cfg, [*base, f"out={tmp_path / 'bad'}", *bad]))
+    # task_loss on delta tokens would score an adapter other than the one sampling writes
+    with pytest.raises(ConfigError, match="adapter_tokens: factors"):
+        script.main(load_config(script.DiffusionConfig, cfg, [*base, f"out={tmp_path / 'bad'}", "task_loss=1.0"]))
+    assert not (tmp_path / "bad").exists()
+
+
+def test_network_task_loss_scores_zoo_networks_on_their_own_tasks(debug_zoo):
+    from weightgen.generators.task_loss import NetworkTaskLoss
+
+    slug, arch = next((s, a) for s, a in debug_zoo.archs.items() if a.family == "mlp")
+    sd, records = debug_zoo.load_arch(slug)
+    flat = arch.layout().flatten(sd)
+    ids = [r["task"] for r in records]
+    loss_fn = NetworkTaskLoss(ids, examples=64)
+    trained = loss_fn(arch, flat, ids, torch.Generator().manual_seed(0))
+    shuffled = loss_fn(arch, flat, ids[1:] + ids[:1], torch.Generator().manual_seed(0))  # each net on another task
+    assert torch.isfinite(trained) and trained < shuffled
+    weights = flat.clone().requires_grad_(True)
+    loss_fn(arch, weights, ids, torch.Generator().manual_seed(1)).backward()
+    assert weights.grad.abs().sum() > 0
