@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from diffusers import DDPMScheduler
@@ -91,6 +94,10 @@ def test_diffusion_trains_through_the_task_loss_and_samples(debug_lora_zoo, trai
     script.main(load_config(script.DiffusionConfig, cfg, [*base, "adapter_tokens=factors", "task_loss=1.0", "task_examples=8"]))
     pipe, _, _ = load_generator(tmp_path / "g", None)
     assert type(pipe.encoder).__name__ == "AdapterFactorTokens"
+    # a fresh process (no training module imported) loads it too: diffusers finds the codec's module
+    code = f"from weightgen.home import load_generator; print(type(load_generator({str(tmp_path / 'g')!r}, None)[0].encoder).__name__)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == "AdapterFactorTokens", run.stderr[-2000:]
     out = pipe("inverted digits", num_samples=2, num_inference_steps=2, generator=0)
     assert out.num_finite == 2 and out.factors["classifier.lora_B"].shape == (2, 10, 2)
     # task_loss on delta tokens would score an adapter other than the one sampling writes

@@ -19,6 +19,7 @@ import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from weightgen.encoders.adapter import AdapterEncoder
+from weightgen.encoders.adapter_factors import AdapterFactorTokens
 from weightgen.encoders.adapter_quantizer import AdapterPCA
 from weightgen.errors import ArchError, TaskError
 from weightgen.generators.common import check_range, sample_generator
@@ -91,7 +92,7 @@ class LoRADiffusionPipeline(AdapterPipelineMixin, WeightDiffusionPipeline):
     }
     train_hint = TRAIN_HINT
 
-    def __init__(self, denoiser: WeightDiT, scheduler: SchedulerMixin, encoder: AdapterEncoder | AdapterPCA, base):
+    def __init__(self, denoiser: WeightDiT, scheduler: SchedulerMixin, encoder: AdapterEncoder | AdapterPCA | AdapterFactorTokens, base):
         super().__init__(denoiser=denoiser, scheduler=scheduler, encoder=encoder)
         self.register_modules(base=base)
 
