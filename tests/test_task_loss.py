@@ -67,19 +67,19 @@ def test_task_loss_scores_adapters_on_their_own_task_and_trains_them(debug_lora_
     loss_fn = AdapterTaskLoss(zoo_base(debug_lora_zoo), lora, tasks, examples=16)
     f = zoo_factors(debug_lora_zoo)
     ids = [r["task"] for r in debug_lora_zoo.records]
-    trained = loss_fn(f, ids, torch.Generator().manual_seed(0))
+    trained = loss_fn(f, ids, torch.Generator().manual_seed(0)).mean()
     zero = {n: torch.zeros_like(v) for n, v in f.items()}  # B = 0: the base itself
-    base = loss_fn(zero, ids, torch.Generator().manual_seed(0))
+    base = loss_fn(zero, ids, torch.Generator().manual_seed(0)).mean()
     assert trained < base  # the zoo's adapters fit their own tasks better than the base does
     # a few steps on the loss move zero-initialised B factors towards the task
     params = {n: (v.clone() if n.endswith("lora_A") else torch.zeros_like(v)).requires_grad_(True) for n, v in f.items()}
     opt = torch.optim.Adam(params.values(), lr=1e-2)
     for step in range(30):
-        loss = loss_fn(params, ids, torch.Generator().manual_seed(step))
+        loss = loss_fn(params, ids, torch.Generator().manual_seed(step)).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert loss_fn(params, ids, torch.Generator().manual_seed(0)) < base
+    assert loss_fn(params, ids, torch.Generator().manual_seed(0)).mean() < base
     with pytest.raises(ValueError):
         loss_fn(f, [get_task("digits-rotate-7").id] * len(ids), torch.Generator())  # not one of its tasks
 
@@ -91,7 +91,7 @@ def test_diffusion_trains_through_the_task_loss_and_samples(debug_lora_zoo, trai
     script = train_script("diffusion")
     cfg = repo_root / "configs" / "generator" / "debug-lora-diffusion.yaml"
     base = [f"zoo={debug_lora_zoo.root}", f"out={tmp_path / 'g'}", "latent_components=0", "steps=2"]
-    script.main(load_config(script.DiffusionConfig, cfg, [*base, "adapter_tokens=factors", "task_loss=1.0", "task_examples=8"]))
+    script.main(load_config(script.DiffusionConfig, cfg, [*base, "adapter_tokens=factors", "task_loss=1.0", "task_examples=8", "task_weighting=noise"]))
     pipe, _, _ = load_generator(tmp_path / "g", None)
     assert type(pipe.encoder).__name__ == "AdapterFactorTokens"
     # a fresh process (no training module imported) loads it too: diffusers finds the codec's module
@@ -115,8 +115,20 @@ def test_network_task_loss_scores_zoo_networks_on_their_own_tasks(debug_zoo):
     ids = [r["task"] for r in records]
     loss_fn = NetworkTaskLoss(ids, examples=64)
     trained = loss_fn(arch, flat, ids, torch.Generator().manual_seed(0))
-    shuffled = loss_fn(arch, flat, ids[1:] + ids[:1], torch.Generator().manual_seed(0))  # each net on another task
+    assert trained.shape == (len(ids),)
+    trained = trained.mean()
+    shuffled = loss_fn(arch, flat, ids[1:] + ids[:1], torch.Generator().manual_seed(0)).mean()  # each net on another task
     assert torch.isfinite(trained) and trained < shuffled
     weights = flat.clone().requires_grad_(True)
-    loss_fn(arch, weights, ids, torch.Generator().manual_seed(1)).backward()
+    loss_fn(arch, weights, ids, torch.Generator().manual_seed(1)).mean().backward()
     assert weights.grad.abs().sum() > 0
+
+
+def test_noise_weighting_counts_a_row_by_its_noise_share():
+    from weightgen.generators.task_loss import row_weights
+
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    t = torch.tensor([0, 250, 500, 750, 999])
+    assert torch.equal(row_weights("constant", sched.alphas_cumprod, t), torch.ones(5))
+    w = row_weights("noise", sched.alphas_cumprod, t)
+    assert w[0] < 0.01 and w[-1] > 0.99 and (w[1:] > w[:-1]).all()

@@ -14,6 +14,12 @@ zoo's factors.
 
 - `AdapterTaskLoss`: LoRA factors of a frozen base (`weightgen.zoo.lora_trainer.MultiLoRA`).
 - `NetworkTaskLoss`: flat weights of one MLP arch (`ArchSpec.forward_batched`, the zoo trainer's loss).
+
+`row_weights` says how much each row's loss counts. `constant`: every noise level alike. On the LoRA
+validation draw that made the denoiser ignore its input: it learnt one adapter per prompt, and its
+samples of a task agreed on every test image. `noise`: a row counts by its noise share 1 - abar_t,
+so the loss shapes the prediction where the input says little about the clean sample, and leaves
+the low-noise steps, which set a sample's own details, to the denoising loss.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from weightgen.config import LoRASpec
+from weightgen.errors import ConfigError
 from weightgen.specs import ArchSpec
 from weightgen.tasks import get_task
 from weightgen.zoo.lora_trainer import adapter_logits, multi_lora
@@ -55,7 +62,7 @@ class TaskExamples(nn.Module):
 
 
 class AdapterTaskLoss(TaskExamples):
-    """Mean cross-entropy of LoRA adapters (K, ...) of a frozen base on their tasks' examples."""
+    """Cross-entropy (K,) of LoRA adapters (K, ...) of a frozen base, each on its task's examples."""
 
     def __init__(self, base: nn.Module, lora: dict, task_ids: list[str], examples: int = 32):
         """`lora`: the zoo's LoRA description (rank, alpha, target_modules), as the encoders keep it."""
@@ -66,12 +73,30 @@ class AdapterTaskLoss(TaskExamples):
     def forward(self, factors: dict[str, torch.Tensor], task_ids: list[str], g: torch.Generator) -> torch.Tensor:
         x, y = self.draw(task_ids, g)
         logits = adapter_logits(self.model, factors, x)
-        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none").view(len(y), -1).mean(1)
 
 
 class NetworkTaskLoss(TaskExamples):
-    """Mean loss of K networks of one arch, given as flat weights (K, P), on their tasks' examples."""
+    """Loss (K,) of K networks of one arch, given as flat weights (K, P), each on its task's examples."""
 
     def forward(self, arch: ArchSpec, flat: torch.Tensor, task_ids: list[str], g: torch.Generator) -> torch.Tensor:
         x, y = self.draw(task_ids, g)
-        return batch_loss(arch, arch.layout().unflatten(flat), x, y, self.loss_kind).mean()
+        return batch_loss(arch, arch.layout().unflatten(flat), x, y, self.loss_kind)
+
+
+TASK_WEIGHTINGS = ("constant", "noise")
+
+
+def row_weights(weighting: str, alphas_cumprod: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """(K,) weight of each row's task loss at its timestep (see the module docstring)."""
+    if weighting == "constant":
+        return torch.ones(len(t), device=t.device)
+    return 1 - alphas_cumprod.to(t.device)[t].float()
+
+
+def check_task_loss(cfg) -> None:
+    """One sentence for a training config's bad `task_loss`, `task_examples` or `task_weighting`."""
+    if not cfg.task_loss >= 0 or cfg.task_examples < 1:
+        raise ConfigError(f"task_loss must be >= 0 and task_examples >= 1, got {cfg.task_loss} and {cfg.task_examples}")
+    if cfg.task_weighting not in TASK_WEIGHTINGS:
+        raise ConfigError(f"task_weighting must be one of {', '.join(TASK_WEIGHTINGS)}, got '{cfg.task_weighting}'")

@@ -29,7 +29,7 @@ from weightgen.generators.dit import WeightDiT
 from weightgen.generators.init_from import check_parent_encoder, keep_parent_stats, parent_component
 from weightgen.generators.lora_diffusion import LoRADiffusionPipeline
 from weightgen.generators.lora_training import is_lora_zoo, load_lora_zoo
-from weightgen.generators.task_loss import AdapterTaskLoss
+from weightgen.generators.task_loss import AdapterTaskLoss, check_task_loss, row_weights
 from weightgen.generators.training import (
     TEXT_ONLY_SALT,
     GeneratorTrainConfig,
@@ -73,6 +73,7 @@ class DiffusionConfig(GeneratorTrainConfig):
     adapter_tokens: str = "delta"  # LoRA zoos: delta (rows of B A) | factors (canonical A, B: encoders/adapter_factors.py)
     task_loss: float = 0.0  # LoRA zoos, factor tokens: weight of the predicted adapters' task cross-entropy
     task_examples: int = 32  # training examples per row for that loss
+    task_weighting: str = "constant"  # constant | noise: how a row's task loss depends on its timestep
 
 
 def main(cfg: DiffusionConfig) -> None:
@@ -141,7 +142,8 @@ def main(cfg: DiffusionConfig) -> None:
                         x0_hat = accelerator.unwrap_model(model).destandardize(x0_hat, 0)
                         factors = encoder.decode(x0_hat * encoder.used.to(x0_hat.device))
                         tasks = [d.records[int(r)]["task"] for r, k in zip(rows, keep.tolist()) if k]
-                        loss = loss + cfg.task_loss * task_loss(factors, tasks, g)
+                        w = row_weights(cfg.task_weighting, noise_sched.alphas_cumprod, t.to(accelerator.device)[keep])
+                        loss = loss + cfg.task_loss * (w * task_loss(factors, tasks, g)).mean()
                     accelerator.backward(loss)
                     opt.step()
                     opt.zero_grad()
@@ -161,8 +163,7 @@ def check_adapter_options(cfg: DiffusionConfig) -> None:
         raise ConfigError(f"adapter_tokens must be delta or factors, got '{cfg.adapter_tokens}'")
     if cfg.adapter_tokens == "factors" and cfg.latent_components:
         raise ConfigError("latent_components (principal coefficients of the deltas) needs adapter_tokens: delta")
-    if cfg.task_loss < 0 or cfg.task_examples < 1:
-        raise ConfigError(f"task_loss must be >= 0 and task_examples >= 1, got {cfg.task_loss} and {cfg.task_examples}")
+    check_task_loss(cfg)
     if cfg.task_loss and cfg.adapter_tokens != "factors":
         raise ConfigError("task_loss needs adapter_tokens: factors (decoding deltas takes an SVD that changes the "
                           "adapter the loss would score)")

@@ -29,7 +29,7 @@ from weightgen.generators.set_diffusion import (
     unpack,
 )
 from weightgen.generators.set_dit import SetDiT
-from weightgen.generators.task_loss import NetworkTaskLoss
+from weightgen.generators.task_loss import NetworkTaskLoss, check_task_loss, row_weights
 from weightgen.generators.training import (
     GeneratorTrainConfig,
     drop_mask,
@@ -67,20 +67,22 @@ class SetDiffusionConfig(GeneratorTrainConfig):
     depth_weight: float = 1.0  # batch share of an arch: its models x this per hidden layer beyond the first
     task_loss: float = 0.0  # weight of the predicted networks' loss on their tasks' training data (generators/task_loss.py)
     task_examples: int = 32  # training examples per row for that loss
+    task_weighting: str = "constant"  # constant | noise: how a row's task loss depends on its timestep
 
 
 def network_loss(task_loss: NetworkTaskLoss, denoiser: SetDiT, d, rows, drop, noisy, out, t, clean, x0, noise_sched,
-                 prediction_type: str, g: torch.Generator) -> torch.Tensor:
+                 cfg: SetDiffusionConfig, g: torch.Generator) -> torch.Tensor:
     """The task loss of the networks the denoiser's output implies (rows with a prompt only); slots
     given clean in a staged batch keep their true value."""
     device = out.device
     keep = (~drop).to(device)
-    x0_hat = clean_estimate(noise_sched.alphas_cumprod, noisy.to(device), out.float(), t.to(device), prediction_type)
+    x0_hat = clean_estimate(noise_sched.alphas_cumprod, noisy.to(device), out.float(), t.to(device), cfg.prediction_type)
     if clean is not None:
         x0_hat = torch.where(clean.to(device), x0.to(device), x0_hat)
     nodes, edges = denoiser.stats.destandardize(d.layout, *unpack(d.layout, (x0_hat * d.keep.to(device))[keep]))
     tasks = [d.records[int(r)]["task"] for r, k in zip(rows, keep.tolist()) if k]
-    return task_loss(d.layout.arch, d.layout.join(nodes, edges), tasks, g)
+    w = row_weights(cfg.task_weighting, noise_sched.alphas_cumprod, t.to(device)[keep])
+    return (w * task_loss(d.layout.arch, d.layout.join(nodes, edges), tasks, g)).mean()
 
 
 def main(cfg: SetDiffusionConfig) -> None:
@@ -90,8 +92,7 @@ def main(cfg: SetDiffusionConfig) -> None:
         raise ConfigError(f"prediction_type must be epsilon, sample or v_prediction, got '{cfg.prediction_type}'")
     if not cfg.depth_weight > 0:
         raise ConfigError(f"depth_weight must be above 0, got {cfg.depth_weight}")
-    if cfg.task_loss < 0 or cfg.task_examples < 1:
-        raise ConfigError(f"task_loss must be >= 0 and task_examples >= 1, got {cfg.task_loss} and {cfg.task_examples}")
+    check_task_loss(cfg)
     accelerator = make_accelerator(cfg)
     torch.manual_seed(cfg.seed)
 
@@ -167,7 +168,7 @@ def main(cfg: SetDiffusionConfig) -> None:
                     if task_loss is not None and not drop.all():  # the null prompt has no task to score
                         loss = loss + cfg.task_loss * network_loss(task_loss, accelerator.unwrap_model(model), d, rows,
                                                                    drop, noisy, out, t, clean if cfg.staged else None,
-                                                                   x0, noise_sched, cfg.prediction_type, g)
+                                                                   x0, noise_sched, cfg, g)
                     accelerator.backward(loss)
                     opt.step()
                     opt.zero_grad()
