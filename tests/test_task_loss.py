@@ -91,7 +91,7 @@ def test_diffusion_trains_through_the_task_loss_and_samples(debug_lora_zoo, trai
     script = train_script("diffusion")
     cfg = repo_root / "configs" / "generator" / "debug-lora-diffusion.yaml"
     base = [f"zoo={debug_lora_zoo.root}", f"out={tmp_path / 'g'}", "latent_components=0", "steps=2"]
-    script.main(load_config(script.DiffusionConfig, cfg, [*base, "adapter_tokens=factors", "task_loss=1.0", "task_examples=8", "task_weighting=noise"]))
+    script.main(load_config(script.DiffusionConfig, cfg, [*base, "adapter_tokens=factors", "task_loss=1.0", "task_examples=8"]))
     pipe, _, _ = load_generator(tmp_path / "g", None)
     assert type(pipe.encoder).__name__ == "AdapterFactorTokens"
     # a fresh process (no training module imported) loads it too: diffusers finds the codec's module
@@ -123,12 +123,3 @@ def test_network_task_loss_scores_zoo_networks_on_their_own_tasks(debug_zoo):
     loss_fn(arch, weights, ids, torch.Generator().manual_seed(1)).mean().backward()
     assert weights.grad.abs().sum() > 0
 
-
-def test_noise_weighting_counts_a_row_by_its_noise_share():
-    from weightgen.generators.task_loss import row_weights
-
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
-    t = torch.tensor([0, 250, 500, 750, 999])
-    assert torch.equal(row_weights("constant", sched.alphas_cumprod, t), torch.ones(5))
-    w = row_weights("noise", sched.alphas_cumprod, t)
-    assert w[0] < 0.01 and w[-1] > 0.99 and (w[1:] > w[:-1]).all()

@@ -15,11 +15,13 @@ zoo's factors.
 - `AdapterTaskLoss`: LoRA factors of a frozen base (`weightgen.zoo.lora_trainer.MultiLoRA`).
 - `NetworkTaskLoss`: flat weights of one MLP arch (`ArchSpec.forward_batched`, the zoo trainer's loss).
 
-`row_weights` says how much each row's loss counts. `constant`: every noise level alike. On the LoRA
-validation draw that made the denoiser ignore its input: it learnt one adapter per prompt, and its
-samples of a task agreed on every test image. `noise`: a row counts by its noise share 1 - abar_t,
-so the loss shapes the prediction where the input says little about the clean sample, and leaves
-the low-noise steps, which set a sample's own details, to the denoising loss.
+Keep v-prediction. With x0-prediction (`prediction_type: sample`) the task loss reaches the output
+at full strength at every noise level, and on the LoRA validation draw the denoiser stopped reading
+its input: one adapter per prompt, every sample of a task the same (they agreed on every test
+image), which the novelty probe still counts as new. Weighting the loss by each row's noise share
+kept the collapse and lost the accuracy. Under v-prediction the loss reaches x0 through sigma_t, so
+it shapes the noisy end and leaves the low-noise steps to the denoising loss; samples there
+disagree with each other as much as the zoo's own adapters of a task do (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -84,19 +86,7 @@ class NetworkTaskLoss(TaskExamples):
         return batch_loss(arch, arch.layout().unflatten(flat), x, y, self.loss_kind)
 
 
-TASK_WEIGHTINGS = ("constant", "noise")
-
-
-def row_weights(weighting: str, alphas_cumprod: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """(K,) weight of each row's task loss at its timestep (see the module docstring)."""
-    if weighting == "constant":
-        return torch.ones(len(t), device=t.device)
-    return 1 - alphas_cumprod.to(t.device)[t].float()
-
-
 def check_task_loss(cfg) -> None:
-    """One sentence for a training config's bad `task_loss`, `task_examples` or `task_weighting`."""
+    """One sentence for a training config's bad `task_loss` or `task_examples`."""
     if not cfg.task_loss >= 0 or cfg.task_examples < 1:
         raise ConfigError(f"task_loss must be >= 0 and task_examples >= 1, got {cfg.task_loss} and {cfg.task_examples}")
-    if cfg.task_weighting not in TASK_WEIGHTINGS:
-        raise ConfigError(f"task_weighting must be one of {', '.join(TASK_WEIGHTINGS)}, got '{cfg.task_weighting}'")

@@ -29,7 +29,7 @@ from weightgen.generators.dit import WeightDiT
 from weightgen.generators.init_from import check_parent_encoder, keep_parent_stats, parent_component
 from weightgen.generators.lora_diffusion import LoRADiffusionPipeline
 from weightgen.generators.lora_training import is_lora_zoo, load_lora_zoo
-from weightgen.generators.task_loss import AdapterTaskLoss, check_task_loss, row_weights
+from weightgen.generators.task_loss import AdapterTaskLoss, check_task_loss
 from weightgen.generators.training import (
     TEXT_ONLY_SALT,
     GeneratorTrainConfig,
@@ -73,7 +73,6 @@ class DiffusionConfig(GeneratorTrainConfig):
     adapter_tokens: str = "delta"  # LoRA zoos: delta (rows of B A) | factors (canonical A, B: encoders/adapter_factors.py)
     task_loss: float = 0.0  # LoRA zoos, factor tokens: weight of the predicted adapters' task cross-entropy
     task_examples: int = 32  # training examples per row for that loss
-    task_weighting: str = "constant"  # constant | noise: how a row's task loss depends on its timestep
 
 
 def main(cfg: DiffusionConfig) -> None:
@@ -142,8 +141,7 @@ def main(cfg: DiffusionConfig) -> None:
                         x0_hat = accelerator.unwrap_model(model).destandardize(x0_hat, 0)
                         factors = encoder.decode(x0_hat * encoder.used.to(x0_hat.device))
                         tasks = [d.records[int(r)]["task"] for r, k in zip(rows, keep.tolist()) if k]
-                        w = row_weights(cfg.task_weighting, noise_sched.alphas_cumprod, t.to(accelerator.device)[keep])
-                        loss = loss + cfg.task_loss * (w * task_loss(factors, tasks, g)).mean()
+                        loss = loss + cfg.task_loss * task_loss(factors, tasks, g).mean()
                     accelerator.backward(loss)
                     opt.step()
                     opt.zero_grad()

@@ -29,7 +29,7 @@ from weightgen.generators.set_diffusion import (
     unpack,
 )
 from weightgen.generators.set_dit import SetDiT
-from weightgen.generators.task_loss import NetworkTaskLoss, check_task_loss, row_weights
+from weightgen.generators.task_loss import NetworkTaskLoss, check_task_loss
 from weightgen.generators.training import (
     GeneratorTrainConfig,
     drop_mask,
@@ -67,7 +67,6 @@ class SetDiffusionConfig(GeneratorTrainConfig):
     depth_weight: float = 1.0  # batch share of an arch: its models x this per hidden layer beyond the first
     task_loss: float = 0.0  # weight of the predicted networks' loss on their tasks' training data (generators/task_loss.py)
     task_examples: int = 32  # training examples per row for that loss
-    task_weighting: str = "constant"  # constant | noise: how a row's task loss depends on its timestep
 
 
 def network_loss(task_loss: NetworkTaskLoss, denoiser: SetDiT, d, rows, drop, noisy, out, t, clean, x0, noise_sched,
@@ -81,8 +80,7 @@ def network_loss(task_loss: NetworkTaskLoss, denoiser: SetDiT, d, rows, drop, no
         x0_hat = torch.where(clean.to(device), x0.to(device), x0_hat)
     nodes, edges = denoiser.stats.destandardize(d.layout, *unpack(d.layout, (x0_hat * d.keep.to(device))[keep]))
     tasks = [d.records[int(r)]["task"] for r, k in zip(rows, keep.tolist()) if k]
-    w = row_weights(cfg.task_weighting, noise_sched.alphas_cumprod, t.to(device)[keep])
-    return (w * task_loss(d.layout.arch, d.layout.join(nodes, edges), tasks, g)).mean()
+    return task_loss(d.layout.arch, d.layout.join(nodes, edges), tasks, g).mean()
 
 
 def main(cfg: SetDiffusionConfig) -> None:
