@@ -100,6 +100,14 @@ def test_diffusion_trains_through_the_task_loss_and_samples(debug_lora_zoo, trai
     assert run.returncode == 0 and run.stdout.strip() == "AdapterFactorTokens", run.stderr[-2000:]
     out = pipe("inverted digits", num_samples=2, num_inference_steps=2, generator=0)
     assert out.num_finite == 2 and out.factors["classifier.lora_B"].shape == (2, 10, 2)
+    # by default one step from t = T: the denoiser's own prediction from noise
+    assert pipe.default_sampling() == (1, 1.0)
+    pipe.scheduler.set_timesteps(1)
+    assert pipe.scheduler.timesteps.tolist() == [pipe.scheduler.config.num_train_timesteps - 1]
+    default, explicit = pipe("inverted digits", num_samples=2, generator=0), pipe(
+        "inverted digits", num_samples=2, num_inference_steps=1, temperature=1.0, generator=0)
+    assert all(torch.equal(default.factors[n], explicit.factors[n]) for n in default.factors)
+    assert not torch.equal(default.factors["classifier.lora_B"], out.factors["classifier.lora_B"])
     # task_loss on delta tokens would score an adapter other than the one sampling writes
     with pytest.raises(ConfigError, match="adapter_tokens: factors"):
         script.main(load_config(script.DiffusionConfig, cfg, [*base, f"out={tmp_path / 'bad'}", "task_loss=1.0"]))

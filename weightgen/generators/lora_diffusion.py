@@ -97,14 +97,24 @@ class LoRADiffusionPipeline(AdapterPipelineMixin, WeightDiffusionPipeline):
         self.register_modules(base=base)
 
     @torch.no_grad()
-    def __call__(self, prompt: str, num_samples: int = 1, num_inference_steps: int = 50, guidance_scale: float = 1.0,
-                 generator: torch.Generator | int | None = None, temperature: float = 0.7, batch_size: int = 256,
-                 progress: bool = False) -> GeneratedAdapters:
+    def default_sampling(self) -> tuple[int, float]:
+        """(steps, temperature) of a call that does not say, chosen on a validation draw of tasks in
+        no zoo (benchmarks/RESULTS.md, issue 16). Factor tokens (a generator trained through the
+        task loss): one step from t = T (the scheduler is saved with trailing spacing), the
+        denoiser's own prediction from noise; more steps hand the sample to the low-noise end, which
+        only the denoising loss trained, and lost 16-25 points. Delta tokens and principal
+        coefficients: 50 DDIM steps from noise at 0.7 (temperature 0.5 / 1 traded 0.5 points on new
+        tasks against 2 on seen ones; 10 steps lost 0.5-1)."""
+        return (1, 1.0) if isinstance(self.encoder, AdapterFactorTokens) else (50, 0.7)
+
+    def __call__(self, prompt: str, num_samples: int = 1, num_inference_steps: int | None = None,
+                 guidance_scale: float = 1.0, generator: torch.Generator | int | None = None,
+                 temperature: float | None = None, batch_size: int = 256, progress: bool = False) -> GeneratedAdapters:
         """Sample `num_samples` adapters for a prompt such as 'digits rotated by 25 degrees'; the
-        same seed gives identical samples. The defaults (50 DDIM steps, starting noise at 0.7) were
-        chosen on a validation draw of tasks in no zoo, for the default config's principal-coefficient
-        latents (benchmarks/RESULTS.md, issue 16): temperature 0.5 / 1 traded 0.5 points on new tasks
-        against 2 on seen ones; 10 steps lost 0.5-1."""
+        same seed gives identical samples. Steps and temperature default to `default_sampling()`."""
+        steps, temp = self.default_sampling()
+        num_inference_steps = steps if num_inference_steps is None else num_inference_steps
+        temperature = temp if temperature is None else temperature
         check_range("num_samples", num_samples, 1, 1_000_000, integer=True)
         check_range("num_inference_steps", num_inference_steps, 1, self.scheduler.config.num_train_timesteps,
                     integer=True)
