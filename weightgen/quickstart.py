@@ -106,9 +106,8 @@ def lora_stages(root: Path | None = None) -> tuple[list[Stage], dict[str, Path]]
     paths = {"zoo": root / "zoo" / "digits-lora-quickstart", "generator": root / "generators" / "lora-diffusion"}
     zoo_cfg = load_config(ZooConfig, CONFIGS / "zoo" / "digits-lora-quickstart.yaml")
     module = train_script("diffusion")
-    # 120 training adapters: 64 principal directions (the full zoo's 208 take 128)
     cfg = _config(CONFIGS / "generator" / "lora-diffusion-digits.yaml", module.DiffusionConfig, zoo=paths["zoo"],
-                  out=paths["generator"], steps=LORA_QUICKSTART_STEPS, latent_components=64)
+                  out=paths["generator"], steps=LORA_QUICKSTART_STEPS)
     zoo_stage = f"LoRA zoo: {len(zoo_cfg.tasks.ids) * zoo_cfg.seeds} adapters of a ViT base on {len(zoo_cfg.tasks.ids)} shift tasks"
     folder = paths["generator"]
     return [

@@ -1,14 +1,17 @@
 """Text-conditioned diffusion over LoRA adapters of a frozen base: `LoRADiffusionPipeline`.
 
 The same denoiser (`WeightDiT`), schedulers and classifier-free guidance as the weight pipeline, on
-the canonical adapter tokens of `weightgen.encoders.adapter.AdapterEncoder` (one token per rank-1
-component of each adapted module). The task code (which shifts, and their levels) joins the adaptive
-norms, and no closed-form mean is used: the denoiser carries the whole prompt -> adapter map.
+tokens of the adapters. The task code (which shifts, and their levels) joins the adaptive norms,
+and no closed-form mean is used: the denoiser carries the whole prompt -> adapter map.
 
-Components: `denoiser`, `scheduler`, `encoder` (tokens <-> factors: delta tokens, or with
-`latent_components` the principal coefficients of `AdapterPCA`) and `base` (the frozen
-transformers model the adapters belong to, saved with `save_pretrained`); samples come back as
-factors, which `weightgen.zoo.lora_adapter.save_adapter` writes as PEFT adapter folders.
+Components: `denoiser`, `scheduler`, `encoder` (tokens <-> factors) and `base` (the frozen
+transformers model the adapters belong to, saved with `save_pretrained`). The encoder is one of:
+- `AdapterFactorTokens`, the default: canonical factors, one token per rank-1 component, for a
+  generator trained through the task loss (weightgen/generators/task_loss.py); sampled in one step;
+- `AdapterEncoder`: rows of the deltas B A;
+- `AdapterPCA` (`latent_components`): principal coefficients of the deltas.
+Samples come back as factors, which `weightgen.zoo.lora_adapter.save_adapter` writes as PEFT
+adapter folders.
 """
 
 from __future__ import annotations
@@ -96,17 +99,18 @@ class LoRADiffusionPipeline(AdapterPipelineMixin, WeightDiffusionPipeline):
         super().__init__(denoiser=denoiser, scheduler=scheduler, encoder=encoder)
         self.register_modules(base=base)
 
-    @torch.no_grad()
     def default_sampling(self) -> tuple[int, float]:
         """(steps, temperature) of a call that does not say, chosen on a validation draw of tasks in
         no zoo (benchmarks/RESULTS.md, issue 16). Factor tokens (a generator trained through the
         task loss): one step from t = T (the scheduler is saved with trailing spacing), the
-        denoiser's own prediction from noise; more steps hand the sample to the low-noise end, which
-        only the denoising loss trained, and lost 16-25 points. Delta tokens and principal
-        coefficients: 50 DDIM steps from noise at 0.7 (temperature 0.5 / 1 traded 0.5 points on new
-        tasks against 2 on seen ones; 10 steps lost 0.5-1)."""
-        return (1, 1.0) if isinstance(self.encoder, AdapterFactorTokens) else (50, 0.7)
+        denoiser's own prediction from noise at 0.7; more steps hand the sample to the low-noise
+        end, which only the denoising loss trained, and lost 15-19 points; temperature 1 / 0.5
+        moved new tasks -1.5 / +0.7 points, with more / less spread between samples. Delta tokens
+        and principal coefficients: 50 DDIM steps from noise at 0.7 (temperature 0.5 / 1 traded 0.5
+        points on new tasks against 2 on seen ones; 10 steps lost 0.5-1)."""
+        return (1, 0.7) if isinstance(self.encoder, AdapterFactorTokens) else (50, 0.7)
 
+    @torch.no_grad()
     def __call__(self, prompt: str, num_samples: int = 1, num_inference_steps: int | None = None,
                  guidance_scale: float = 1.0, generator: torch.Generator | int | None = None,
                  temperature: float | None = None, batch_size: int = 256, progress: bool = False) -> GeneratedAdapters:
