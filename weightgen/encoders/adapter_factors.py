@@ -2,10 +2,10 @@
 
 The delta tokens of `weightgen.encoders.adapter.AdapterEncoder` are right for a generator trained
 only on weight-space losses: averages of deltas are meaningful. A generator trained through the
-task loss as well (`task_loss`, weightgen/generators/adapter_task_loss.py) needs an output whose
+task loss as well (`task_loss`, weightgen/generators/task_loss.py) needs an output whose
 every value is a rank-r adapter, so that the adapter the loss scores is the adapter it writes:
 decoding a delta takes a truncated SVD, and on the validation draw that truncation cost a
-function-space model 0.78 -> 0.49 of trained accuracy on tasks in no zoo (benchmarks/RESULTS.md,
+function-space model 0.94 -> 0.78 of trained accuracy on tasks in no zoo (benchmarks/RESULTS.md,
 issue 16). Here an adapter is, for each adapted module m and component i < r, one token
 [a_i (in_m, zero-padded to max in) | b_i (out_m, zero-padded to max out)], with metadata
 (module index, 0, i). Encoding puts the factors in `canonical` form (B A = (B G)(G^-1 A) is fixed

@@ -52,7 +52,7 @@ def clean_estimate(alphas_cumprod: torch.Tensor, x_t: torch.Tensor, out: torch.T
                    prediction_type: str) -> torch.Tensor:
     """The model's estimate of x0 from its output at x_t (B, ...) (t: (B,) or a scalar): what a
     self-conditioning denoiser reads at the next step, and what a task loss scores
-    (weightgen/generators/adapter_task_loss.py). Gradients flow through `out`."""
+    (weightgen/generators/task_loss.py). Gradients flow through `out`."""
     a = alphas_cumprod.to(x_t.device)[t.to(x_t.device)].to(x_t.dtype).reshape(-1, *[1] * (x_t.dim() - 1))
     if prediction_type == "v_prediction":
         return a.sqrt() * x_t - (1 - a).sqrt() * out

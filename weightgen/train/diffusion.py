@@ -150,9 +150,9 @@ def main(cfg: DiffusionConfig) -> None:
 
     # 5. Save the pipeline with the EMA weights, and the resolved config beside it.
     final = accelerator.unwrap_model(model)
-    scheduler = SAMPLERS[cfg.sampler].from_config(noise_sched.config)
-    if lora and cfg.adapter_tokens == "factors":  # sampled in one step from t = T (LoRADiffusionPipeline.default_sampling)
-        scheduler = SAMPLERS[cfg.sampler].from_config(noise_sched.config, timestep_spacing="trailing")
+    # factor tokens sample in one step, which must start at t = T (LoRADiffusionPipeline.default_sampling)
+    spacing = {"timestep_spacing": "trailing"} if lora and cfg.adapter_tokens == "factors" else {}
+    scheduler = SAMPLERS[cfg.sampler].from_config(noise_sched.config, **spacing)
     save_with_ema(accelerator, cfg, ema, final.parameters(), lambda: LoRADiffusionPipeline(
         denoiser=final, scheduler=scheduler, encoder=encoder, base=zoo_base(ZooStore(cfg.zoo))) if lora
         else WeightDiffusionPipeline(denoiser=final, scheduler=scheduler, encoder=encoder))
