@@ -117,7 +117,7 @@ def lora_stages(root: Path | None = None) -> tuple[list[Stage], dict[str, Path]]
     ], paths
 
 
-LORA_QUICKSTART_STEPS = 1500  # what fits the LoRA path's 5-minute budget on 2 CPU cores (RESULTS.md, issue 16)
+LORA_QUICKSTART_STEPS = 1000  # what fits the LoRA path's 5-minute budget on 2 CPU cores with the task loss (RESULTS.md, issue 16)
 
 
 def _build(cfg: ZooConfig, out: Path) -> None:
