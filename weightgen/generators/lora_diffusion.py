@@ -95,20 +95,29 @@ class LoRADiffusionPipeline(AdapterPipelineMixin, WeightDiffusionPipeline):
     }
     train_hint = TRAIN_HINT
 
-    def __init__(self, denoiser: WeightDiT, scheduler: SchedulerMixin, encoder: AdapterEncoder | AdapterPCA | AdapterFactorTokens, base):
+    def __init__(self, denoiser: WeightDiT, scheduler: SchedulerMixin,
+                 encoder: AdapterEncoder | AdapterPCA | AdapterFactorTokens, base):
+        if self._one_step(encoder) and scheduler.config.get("timestep_spacing") != "trailing":
+            # one step must start at t = T (`default_sampling`); the default spacing would start at t = 0
+            scheduler = type(scheduler).from_config(scheduler.config, timestep_spacing="trailing")
         super().__init__(denoiser=denoiser, scheduler=scheduler, encoder=encoder)
         self.register_modules(base=base)
+
+    @staticmethod
+    def _one_step(encoder) -> bool:
+        """Factor tokens mean a generator trained through the task loss, sampled in one step."""
+        return isinstance(encoder, AdapterFactorTokens)
 
     def default_sampling(self) -> tuple[int, float]:
         """(steps, temperature) of a call that does not say, chosen on a validation draw of tasks in
         no zoo (benchmarks/RESULTS.md, issue 16). Factor tokens (a generator trained through the
-        task loss): one step from t = T (the scheduler is saved with trailing spacing), the
+        task loss): one step from t = T (the pipeline keeps its scheduler at trailing spacing), the
         denoiser's own prediction from noise at 0.7; more steps hand the sample to the low-noise
         end, which only the denoising loss trained, and lost 15-19 points; temperature 1 / 0.5
         moved new tasks -1.5 / +0.7 points, with more / less spread between samples. Delta tokens
         and principal coefficients: 50 DDIM steps from noise at 0.7 (temperature 0.5 / 1 traded 0.5
         points on new tasks against 2 on seen ones; 10 steps lost 0.5-1)."""
-        return (1, 0.7) if isinstance(self.encoder, AdapterFactorTokens) else (50, 0.7)
+        return (1, 0.7) if self._one_step(self.encoder) else (50, 0.7)
 
     @torch.no_grad()
     def __call__(self, prompt: str, num_samples: int = 1, num_inference_steps: int | None = None,

@@ -107,8 +107,10 @@ def main(cfg: DiffusionConfig) -> None:
 
     # 2-3. Optimiser, schedule and EMA (`prepare_training`), resumed from the newest checkpoint if any.
     model, opt, sched, ema, start = prepare_training(accelerator, cfg, denoiser)
-    task_loss = AdapterTaskLoss(zoo_base(ZooStore(cfg.zoo)), encoder.config.lora, [r["task"] for r in data[0].records],
+    base = zoo_base(ZooStore(cfg.zoo)) if lora else None  # read once: the task loss and the saved pipeline
+    task_loss = AdapterTaskLoss(base, encoder.config.lora, [r["task"] for r in data[0].records],
                                 cfg.task_examples).to(accelerator.device) if cfg.task_loss else None
+    used = encoder.used.to(accelerator.device) if cfg.task_loss else None
 
     # 4. Train: noise a batch of standardised latents at random timesteps, predict the target.
     rank = accelerator.process_index
@@ -139,7 +141,7 @@ def main(cfg: DiffusionConfig) -> None:
                         x0_hat = clean_estimate(noise_sched.alphas_cumprod, noisy.to(accelerator.device), out.float(),
                                                 t, cfg.prediction_type)[keep]
                         x0_hat = accelerator.unwrap_model(model).destandardize(x0_hat, 0)
-                        factors = encoder.decode(x0_hat * encoder.used.to(x0_hat.device))
+                        factors = encoder.decode(x0_hat * used)
                         tasks = [d.records[int(r)]["task"] for r, k in zip(rows, keep.tolist()) if k]
                         loss = loss + cfg.task_loss * task_loss(factors, tasks, g).mean()
                     accelerator.backward(loss)
@@ -150,11 +152,9 @@ def main(cfg: DiffusionConfig) -> None:
 
     # 5. Save the pipeline with the EMA weights, and the resolved config beside it.
     final = accelerator.unwrap_model(model)
-    # factor tokens sample in one step, which must start at t = T (LoRADiffusionPipeline.default_sampling)
-    spacing = {"timestep_spacing": "trailing"} if lora and cfg.adapter_tokens == "factors" else {}
-    scheduler = SAMPLERS[cfg.sampler].from_config(noise_sched.config, **spacing)
+    scheduler = SAMPLERS[cfg.sampler].from_config(noise_sched.config)
     save_with_ema(accelerator, cfg, ema, final.parameters(), lambda: LoRADiffusionPipeline(
-        denoiser=final, scheduler=scheduler, encoder=encoder, base=zoo_base(ZooStore(cfg.zoo))) if lora
+        denoiser=final, scheduler=scheduler, encoder=encoder, base=base) if lora
         else WeightDiffusionPipeline(denoiser=final, scheduler=scheduler, encoder=encoder))
 
 
