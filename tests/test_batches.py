@@ -61,6 +61,7 @@ def test_text_dropout_draws_its_own_rows():
     ("set_ar", "debug-set-ar.yaml", "depth_weight", "-1", "depth_weight must be above 0"),
     ("diffusion", "debug-lora-diffusion.yaml", "text_dropout", "1.5", "text_dropout is a share"),
     ("diffusion", "debug-lora-diffusion.yaml", "code_jitter", "-0.1", "code_jitter is a standard deviation"),
+    ("diffusion", "debug-lora-diffusion.yaml", "snr_gamma", "-1", "snr_gamma is 0"),
     ("diffusion", "debug-lora-diffusion.yaml", "task_loss", "1.0", "needs a LoRA zoo"),  # no-zoo is no LoRA zoo
     ("diffusion", "debug-lora-diffusion.yaml", "adapter_tokens", "rows", "delta or factors"),
     ("diffusion", "debug-lora-diffusion.yaml", "adapter_tokens", "factors", "latent_components"),  # the config has 4

@@ -225,3 +225,19 @@ def test_a_training_state_saved_before_task_mean_loads_through_load_state_dict(t
     fresh = _coded_model(max_seen_tasks=32)
     fresh.load_state_dict(load_file(tmp_path / "diffusion_pytorch_model.safetensors"))
     assert torch.equal(fresh.conditional_mean(0, tasks, T), model.conditional_mean(0, tasks, T))
+
+
+def test_code_mlp_reads_the_code_non_linearly_and_round_trips(inputs, tmp_path):
+    torch.manual_seed(0)
+    model = WeightDiT(latent_dim=D, n_archs=3, n_layers=4, n_positions=64, num_layers=1, num_attention_heads=2,
+                      attention_head_dim=8, max_tokens=T, task_code_dim=12, conditional_mean=False,
+                      code_hidden=16).eval()
+    assert isinstance(model.code_proj, torch.nn.Sequential) and model.task_mean is None
+    zero, one, two = torch.zeros(B, 12), torch.zeros(B, 12), torch.zeros(B, 12)
+    one[:, 2], two[:, 2] = 1.0, 2.0
+    embed = [model.code_proj(c) for c in (zero, one, two)]
+    assert not torch.allclose(embed[2] - embed[1], embed[1] - embed[0], atol=1e-4)  # not one linear map
+    out = model(**inputs, task_code=one)
+    assert (model(**inputs, task_code=two) - out).abs().max() > 1e-3
+    model.save_pretrained(tmp_path)
+    assert torch.equal(WeightDiT.from_pretrained(tmp_path).eval()(**inputs, task_code=one), out)

@@ -61,6 +61,24 @@ def test_clean_estimate_inverts_the_training_target_at_any_rank(prediction_type)
     assert not torch.allclose(wrong, x0, atol=1e-2)
 
 
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon", "sample"])
+def test_min_snr_weights_fade_the_denoising_loss_out_towards_pure_noise(prediction_type):
+    from weightgen.train.diffusion import DiffusionConfig, denoising_weights
+
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type)
+    t = torch.tensor([0, 300, 500, 700, 900, 999])
+    off = denoising_weights(sched, t, DiffusionConfig(prediction_type=prediction_type))
+    assert torch.equal(off, torch.ones(6))
+    w = denoising_weights(sched, t, DiffusionConfig(prediction_type=prediction_type, snr_gamma=5.0))
+    assert w.isfinite().all() and (w >= 0).all()
+    snr = (sched.alphas_cumprod / (1 - sched.alphas_cumprod))[t]
+    # the same weighting expressed on the clean sample: min(SNR, gamma), whatever the model predicts
+    per_x0 = {"v_prediction": snr + 1, "epsilon": snr, "sample": torch.ones(6)}[prediction_type]
+    assert torch.allclose(w * per_x0, snr.clamp(max=5.0), rtol=1e-4)
+    on_x0 = w * per_x0
+    assert on_x0[-1] < 1e-6 < on_x0[2]  # at t = T the task loss alone decides
+
+
 def test_task_loss_scores_adapters_on_their_own_task_and_trains_them(debug_lora_zoo):
     lora = debug_lora_zoo.manifest["lora"]
     tasks = sorted({r["task"] for r in debug_lora_zoo.records})

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import DDPMScheduler
+from diffusers.training_utils import compute_snr
 from rich.progress import Progress
 
 from weightgen.encoders.adapter_factors import AdapterFactorTokens
@@ -73,6 +74,25 @@ class DiffusionConfig(GeneratorTrainConfig):
     adapter_tokens: str = "delta"  # LoRA zoos: delta (rows of B A) | factors (canonical A, B: encoders/adapter_factors.py)
     task_loss: float = 0.0  # LoRA zoos, factor tokens: weight of the predicted adapters' task cross-entropy
     task_examples: int = 32  # training examples per row for that loss
+    code_hidden: int = 0  # LoRA zoos: > 0 feeds the task code through a two-hidden-layer MLP (generators/dit.py)
+    snr_gamma: float = 0.0  # > 0: min-SNR-gamma weights on the denoising loss (denoising_weights below)
+
+
+def denoising_weights(noise_sched: DDPMScheduler, t: torch.Tensor, cfg: DiffusionConfig) -> torch.Tensor:
+    """(n,) weights of each row's denoising loss: ones, or with `snr_gamma` the min-SNR-gamma
+    weights of Hang et al. (2023), as diffusers' training examples compute them. Why: sampling from a
+    factor-token generator is one step from t = T, where the denoising loss alone pulls the output
+    towards the zoo's adapters of the prompt's task; between seen tasks that blend is a poor adapter.
+    The weights fade the denoising loss out as the SNR falls (v-prediction, cosine schedule, gamma 5:
+    min(SNR, gamma) / (SNR + 1) is 0.49 at t = 500 of 1,000, 0.006 at 950 and 2e-9 at T), so near
+    t = T the task loss decides, as in Text-to-LoRA's SFT training."""
+    if not cfg.snr_gamma:
+        return torch.ones(len(t))
+    snr = compute_snr(noise_sched, t)
+    capped = snr.clamp(max=cfg.snr_gamma)
+    if cfg.prediction_type == "v_prediction":
+        return capped / (snr + 1)
+    return capped / snr.clamp_min(1e-12) if cfg.prediction_type == "epsilon" else capped
 
 
 def main(cfg: DiffusionConfig) -> None:
@@ -83,6 +103,8 @@ def main(cfg: DiffusionConfig) -> None:
     for name in ("cond_dropout", "text_dropout"):
         if not 0 <= getattr(cfg, name) <= 1:
             raise ConfigError(f"{name} is a share of examples, from 0 to 1; got {getattr(cfg, name)}")
+    if not cfg.snr_gamma >= 0:
+        raise ConfigError(f"snr_gamma is 0 (off) or a positive SNR cap; got {cfg.snr_gamma}")
     if not cfg.code_jitter >= 0:
         raise ConfigError(f"code_jitter is a standard deviation, 0 or more; got {cfg.code_jitter}")
     lora = is_lora_zoo(cfg.zoo)
@@ -135,7 +157,8 @@ def main(cfg: DiffusionConfig) -> None:
                     out = model(noisy.to(accelerator.device), t.to(accelerator.device), text.to(accelerator.device),
                                 mask.to(accelerator.device), torch.full((n,), d.index, device=accelerator.device),
                                 meta.to(accelerator.device), task_code=codes.to(accelerator.device))
-                    loss = torch.nn.functional.mse_loss(out.float(), target.to(accelerator.device))
+                    err = (out.float() - target.to(accelerator.device)).pow(2).flatten(1).mean(1)
+                    loss = (err * denoising_weights(noise_sched, t, cfg).to(err.device)).mean()
                     if task_loss is not None and not drop.all():  # the null prompt has no task to score
                         keep = (~drop).to(accelerator.device)
                         x0_hat = clean_estimate(noise_sched.alphas_cumprod, noisy.to(accelerator.device), out.float(),
@@ -187,7 +210,7 @@ def lora_setup(cfg: DiffusionConfig):
                          num_attention_heads=cfg.num_attention_heads, attention_head_dim=cfg.attention_head_dim,
                          text_dim=table.tokens.shape[-1], max_tokens=encoder.num_tokens, task_kinds=task_kinds(data),
                          pooled_conditioning=cfg.pooled_conditioning, task_code_dim=TASK_CODE_DIM,
-                         conditional_mean=cfg.conditional_mean,
+                         conditional_mean=cfg.conditional_mean, code_hidden=cfg.code_hidden,
                          max_seen_tasks=len(data[0].task_codes.unique(dim=0))
                          if cfg.conditional_mean and cfg.task_offsets else 0)
     return encoder, data, table, denoiser
