@@ -109,9 +109,11 @@ def test_diffusion_trains_through_the_task_loss_and_samples(debug_lora_zoo, trai
     script = train_script("diffusion")
     cfg = repo_root / "configs" / "generator" / "debug-lora-diffusion.yaml"
     base = [f"zoo={debug_lora_zoo.root}", f"out={tmp_path / 'g'}", "latent_components=0", "steps=2"]
-    script.main(load_config(script.DiffusionConfig, cfg, [*base, "adapter_tokens=factors", "task_loss=1.0", "task_examples=8"]))
+    script.main(load_config(script.DiffusionConfig, cfg, [*base, "adapter_tokens=factors", "task_loss=1.0", "task_examples=8",
+                                                          "snr_gamma=5", "code_hidden=8"]))  # as the default config
     pipe, _, _ = load_generator(tmp_path / "g", None)
     assert type(pipe.encoder).__name__ == "AdapterFactorTokens"
+    assert isinstance(pipe.denoiser.code_proj, torch.nn.Sequential)
     # a fresh process (no training module imported) loads it too: diffusers finds the codec's module
     code = f"from weightgen.home import load_generator; print(type(load_generator({str(tmp_path / 'g')!r}, None)[0].encoder).__name__)"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
