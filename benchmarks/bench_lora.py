@@ -6,7 +6,9 @@ Quality (test split, 32 samples per task): every held-out task of the zoo, and `
 drawn with `--seed`. Per task, the generated adapters' mean accuracy divided by the mean of the
 trained LoRAs of the task (the zoo's own adapters of it; for held-out tasks no generator saw them),
 and the accuracies of the base alone, a multitask LoRA on all seen tasks, retrieval (the nearest
-seen task's adapters) and `mean+gaussian` (weightgen/evaluate_lora.py). Seen tasks also report the
+seen task's adapters) and `mean+gaussian` (weightgen/evaluate_lora.py), and a sixth, learned one:
+`hypernet`, an MLP from the task code to one adapter trained through the task loss on the seen
+tasks (weightgen/lora_hypernet.py; `--hypernet-steps`, 0 skips it). Seen tasks also report the
 share of samples as new as a fresh LoRA training on the task's probe set. Every task also reports
 the generator's ceiling: its trained adapters after a round trip through the generator's encoder
 (`through_encoder`; `ceiling_mean` / `ceiling_min` as ratios to trained): a latent space fitted on
@@ -35,6 +37,7 @@ import torch.nn.functional as F
 from weightgen.config import ZooConfig, from_dict
 from weightgen.evaluate_lora import LoRAZoo, as_new, mean_gaussian, retrieval
 from weightgen.generate_lora import multitask_reference
+from weightgen.lora_hypernet import train_hypernet
 from weightgen.tasks import get_task
 from weightgen.zoo.build import recipe_of
 from weightgen.zoo.lora_adapter import peft_model
@@ -84,6 +87,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="diffusion sampling steps (default: the pipeline's)")
     ap.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the pipeline's)")
+    ap.add_argument("--hypernet-steps", type=int, default=2000, help="training steps of the hypernet reference (0: skip it)")
     ap.add_argument("--speed", type=int, default=64, help="adapters in the build-speed comparison (0: skip it)")
     ap.add_argument("--speed-epochs", type=int, default=3)
     args = ap.parse_args()
@@ -108,6 +112,12 @@ def quality(zoo: LoRAZoo, args) -> dict:
     t0 = time.perf_counter()
     multi = multitask_reference(zoo, Path(args.generator), [])  # trained on first use, then kept beside the generator
     multitask_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    hyper = None
+    if args.hypernet_steps:
+        hyper = train_hypernet(zoo.base, zoo.store.manifest["lora"], zoo.pick(zoo.seen_rows()), zoo.seen_tasks(),
+                               steps=args.hypernet_steps, seed=args.seed)
+    hypernet_s = time.perf_counter() - t0
     rows, sample_s, sampled = [], 0.0, 0
     g = torch.Generator().manual_seed(args.seed)
     for group, tasks in (("held_out", held), ("seen", seen)):
@@ -132,6 +142,8 @@ def quality(zoo: LoRAZoo, args) -> dict:
                 "retrieval": zoo.accuracy(near_factors, task).mean().item(), "retrieval_task": near,
                 "mean_gaussian": zoo.accuracy(mean_gaussian(zoo, task, args.samples, g), task).mean().item(),
             }
+            if hyper is not None:
+                row["hypernet"] = zoo.accuracy(hyper.adapters([task]), task).item()
             row["ratio"] = row["gen_mean"] / row["trained"]
             # the generator's ceiling: the task's own trained adapters after its encoder's round trip
             # (a latent space fitted on the zoo cannot express what lies outside its span)
@@ -140,7 +152,7 @@ def quality(zoo: LoRAZoo, args) -> dict:
                 row["as_new"] = as_new(zoo, out.factors, task)
             rows.append(row)
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-    result = {"kind": kind, "multitask_s": multitask_s, "adapters_per_s": sampled / sample_s}
+    result = {"kind": kind, "multitask_s": multitask_s, "hypernet_s": hypernet_s, "adapters_per_s": sampled / sample_s}
     for group in ("held_out", "seen"):
         rs = [r for r in rows if r["group"] == group]
         ratios = [r["ratio"] for r in rs]
@@ -148,9 +160,14 @@ def quality(zoo: LoRAZoo, args) -> dict:
         result[group] = {"tasks": len(rs), "ratio_mean": statistics.mean(ratios), "ratio_min": min(ratios),
                          "finite": statistics.mean(r["finite"] for r in rs),
                          "ceiling_mean": statistics.mean(ceiling), "ceiling_min": min(ceiling)}
-        for ref in ("base", "multitask", "retrieval", "mean_gaussian", "trained"):
+        for ref in ("base", "multitask", "retrieval", "mean_gaussian", "hypernet", "trained"):
+            if ref not in rs[0]:
+                continue
             result[group][f"margin_{ref}"] = statistics.mean(r["gen_mean"] - r[ref] for r in rs)
             result[group][f"beats_{ref}"] = sum(r["gen_mean"] > r[ref] for r in rs) / len(rs)
+        if "hypernet" in rs[0]:  # the learned reference on the generator's own scale
+            hyper_ratios = [r["hypernet"] / r["trained"] for r in rs]
+            result[group]["hypernet_ratio_mean"], result[group]["hypernet_ratio_min"] = statistics.mean(hyper_ratios), min(hyper_ratios)
         if group == "seen":
             result[group]["as_new"] = statistics.mean(r["as_new"] for r in rs if r["as_new"] is not None)
     return result

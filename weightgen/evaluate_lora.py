@@ -75,13 +75,16 @@ class LoRAZoo:
     def ridge(self) -> tuple[TaskMean, torch.Tensor, tuple[int, ...]]:
         """mean+gaussian's closed-form part, fitted once: the ridge map from task code to the seen
         adapters' flattened tokens, the residual std per coordinate, and the token shape."""
-        rows = [i for i, r in enumerate(self.records) if not r["held_out"]]
+        rows = self.seen_rows()
         tokens = self.encoder.encode(self.pick(rows))  # (M, T, D)
         codes = torch.stack([task_code(get_task(self.records[i]["task"])) for i in rows])
         flat = tokens.flatten(1)
         tm = TaskMean(1, TASK_CODE_DIM, flat.shape[1], 0)
         tm.fit(0, flat, codes, 1.0)
         return tm, (flat - tm(0, codes, flat.shape[1])).std(0), tuple(tokens.shape[1:])
+
+    def seen_rows(self) -> list[int]:
+        return [i for i, r in enumerate(self.records) if not r["held_out"]]
 
     def seen_tasks(self) -> list[str]:
         return sorted({r["task"] for r in self.records if not r["held_out"]})
