@@ -47,7 +47,7 @@ class LoRAHypernet(nn.Module):
     @torch.no_grad()
     def adapters(self, tasks: list[TaskSpec]) -> dict[str, torch.Tensor]:
         device = self.net[0].weight.device
-        return {n: f.detach() for n, f in self(torch.stack([task_code(t) for t in tasks]).to(device)).items()}
+        return self(torch.stack([task_code(t) for t in tasks]).to(device))
 
 
 def train_hypernet(base: nn.Module, lora: dict, factors: dict[str, torch.Tensor], task_ids: list[str],

@@ -133,6 +133,8 @@ def main(cfg: DiffusionConfig) -> None:
     task_loss = AdapterTaskLoss(base, encoder.config.lora, [r["task"] for r in data[0].records],
                                 cfg.task_examples).to(accelerator.device) if cfg.task_loss else None
     used = encoder.used.to(accelerator.device) if cfg.task_loss else None
+    # the denoising loss's weight at every timestep, computed once and indexed per batch
+    weight_of_t = denoising_weights(noise_sched, torch.arange(cfg.num_train_timesteps), cfg).to(accelerator.device)
 
     # 4. Train: noise a batch of standardised latents at random timesteps, predict the target.
     rank = accelerator.process_index
@@ -158,7 +160,7 @@ def main(cfg: DiffusionConfig) -> None:
                                 mask.to(accelerator.device), torch.full((n,), d.index, device=accelerator.device),
                                 meta.to(accelerator.device), task_code=codes.to(accelerator.device))
                     err = (out.float() - target.to(accelerator.device)).pow(2).flatten(1).mean(1)
-                    loss = (err * denoising_weights(noise_sched, t, cfg).to(err.device)).mean()
+                    loss = (err * weight_of_t[t.to(accelerator.device)]).mean()
                     if task_loss is not None and not drop.all():  # the null prompt has no task to score
                         keep = (~drop).to(accelerator.device)
                         x0_hat = clean_estimate(noise_sched.alphas_cumprod, noisy.to(accelerator.device), out.float(),
